@@ -1,0 +1,1 @@
+"""The HTTP layer: request schemas, the error table, routes."""

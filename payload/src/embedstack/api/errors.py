@@ -1,0 +1,64 @@
+"""The one table from exceptions to HTTP status and OpenAI-style error bodies."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from embedstack import errors
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "1"
+
+# exception class -> (HTTP status, OpenAI error type)
+ERROR_TABLE: dict[type[errors.EmbedstackError], tuple[int, str]] = {
+    errors.InvalidInput: (400, "invalid_request_error"),
+    errors.AuthenticationFailed: (401, "invalid_request_error"),
+    errors.ModelNotFound: (404, "invalid_request_error"),
+    errors.BodyTooLarge: (413, "invalid_request_error"),
+    errors.QueueFull: (429, "rate_limit_error"),
+    errors.UpstreamError: (502, "server_error"),
+    errors.Unavailable: (503, "server_error"),
+    errors.ConfigError: (500, "server_error"),
+}
+_RETRYABLE = {429, 503}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def error_response(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in _RETRYABLE else None
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def status_of(exc: errors.EmbedstackError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return 500, "server_error"
+
+
+async def embedstack_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.EmbedstackError)
+    status, type_ = status_of(exc)
+    if status >= 500 and status != 503:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(status, exc.message, type_, exc.code, exc.param)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail, "invalid_request_error", _HTTP_CODES.get(exc.status_code))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware calls this for anything unhandled, then re-raises to log it.
+    return error_response(500, "internal server error; the gateway logged the cause", "server_error", "internal_error")
+
+
+HANDLERS = {errors.EmbedstackError: embedstack_error, HTTPException: http_error, Exception: unexpected_error}

@@ -1,0 +1,141 @@
+"""HTTP routes. Errors are raised, never caught here: api/errors.py answers them."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from embedstack.api.schemas import parse_embeddings_request
+from embedstack.errors import AuthenticationFailed, BodyTooLarge, InvalidInput, Unavailable
+from embedstack.service import Gateway
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def authorize(request: Request, keys: frozenset[str]) -> None:
+    if not keys:
+        return
+    offered = []
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        offered.append(auth[7:].strip())
+    if "api-key" in request.headers:
+        offered.append(request.headers["api-key"].strip())
+    if not offered:
+        raise AuthenticationFailed(
+            "missing API key: send 'Authorization: Bearer <key>' or an 'api-key' header", code="missing_api_key"
+        )
+    if not any(hmac.compare_digest(o.encode(), k.encode()) for o in offered for k in keys):
+        raise AuthenticationFailed("incorrect API key provided")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def embeddings(request: Request) -> Response:
+    gw = _gateway(request)
+    settings = gw.settings
+    authorize(request, settings.api_keys)
+    if gw.draining:
+        raise Unavailable("the service is draining; retry on another instance", code="draining")
+    if not gw.ready:
+        raise Unavailable("the model is still loading; retry shortly", code="not_ready")
+    started = time.perf_counter()
+    gw.enter()
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        req = parse_embeddings_request(body, max_inputs=settings.max_inputs_per_request)
+        batcher = gw.resolve(req.model)
+        spec = batcher.engine.spec
+        if req.dimensions is not None and req.dimensions > spec.dimension:
+            raise InvalidInput(
+                f"'dimensions' is {req.dimensions}, above the native {spec.dimension} of model {spec.id!r}",
+                param="dimensions",
+            )
+        result = await batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type)
+        vectors = result.vectors
+        if req.dimensions is not None and req.dimensions < spec.dimension:  # Matryoshka
+            vectors = vectors[:, : req.dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if req.encoding_format == "base64":
+            little = vectors.astype("<f4", copy=False)
+            rows = [base64.b64encode(little[i].tobytes()).decode() for i in range(len(little))]
+        else:
+            rows = list(vectors)
+        payload = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+            "model": req.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+        gw.metrics.latency.labels(spec.id).observe(time.perf_counter() - started)
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    finally:
+        gw.leave()
+
+
+async def models(request: Request) -> Response:
+    authorize(request, _gateway(request).settings.api_keys)
+    data = []
+    for spec in _gateway(request).specs:
+        for name in spec.names:
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": spec.owned_by,
+                    "root": spec.id,
+                    "dimension": spec.dimension,
+                    "max_tokens": spec.max_tokens,
+                    "engine": spec.engine,
+                }
+            )
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def ready(request: Request) -> Response:
+    gw = _gateway(request)
+    if gw.draining:
+        raise Unavailable("draining", code="draining")
+    if not gw.ready:
+        raise Unavailable("the model is still loading", code="not_ready")
+    return JSONResponse({"status": "ready", "models": sorted(gw.batchers)})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+ROUTES = [
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/models", models, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

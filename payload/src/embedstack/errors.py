@@ -1,0 +1,56 @@
+"""Domain errors raised by every layer; api/errors.py maps each to an HTTP status."""
+
+from __future__ import annotations
+
+
+class EmbedstackError(Exception):
+    """Base class: a message a user can act on, and the request field it concerns."""
+
+    code = "error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code:
+            self.code = code
+
+
+class ConfigError(EmbedstackError):
+    """Bad settings or models file; raised at start-up, never while serving."""
+
+    code = "invalid_config"
+
+
+class InvalidInput(EmbedstackError):
+    code = "invalid_request"
+
+
+class ModelNotFound(EmbedstackError):
+    code = "model_not_found"
+
+
+class AuthenticationFailed(EmbedstackError):
+    code = "invalid_api_key"
+
+
+class BodyTooLarge(EmbedstackError):
+    code = "request_too_large"
+
+
+class QueueFull(EmbedstackError):
+    """Back-pressure: the request was not accepted and may be retried."""
+
+    code = "queue_full"
+
+
+class Unavailable(EmbedstackError):
+    """Not ready yet, draining, or no healthy upstream: retryable."""
+
+    code = "service_unavailable"
+
+
+class UpstreamError(EmbedstackError):
+    """An upstream answered with something the gateway cannot pass on as a vector."""
+
+    code = "upstream_error"

@@ -1,0 +1,38 @@
+"""Prometheus metrics, one registry per app so tests and several apps in one process stay apart."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "embedstack_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "embedstack_request_duration_seconds",
+            "Embeddings request latency",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "embedstack_batch_size",
+            "Inputs per engine batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "embedstack_queue_depth", "Inputs accepted and not yet answered", ["model"], registry=self.registry
+        )
+        self.tokens = Counter("embedstack_tokens", "Tokens embedded", ["model"], registry=self.registry)
+        self.ready = Gauge("embedstack_ready", "1 when serving, 0 while starting or draining", registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

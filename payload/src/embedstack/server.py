@@ -1,0 +1,72 @@
+"""Run the app under uvicorn, turning SIGTERM into a graceful drain that exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+
+from embedstack.app import create_app
+from embedstack.config import Settings
+from embedstack.service import Gateway
+
+log = logging.getLogger("embedstack")
+
+NO_KEYS_WARNING = """
+##########################################################################
+#  WARNING: no API keys configured: the embeddings API is OPEN to anyone  #
+#  who can reach {where:<52}#
+#  Set EMBEDSTACK_API_KEYS or --api-keys FILE to require a key.          #
+##########################################################################"""
+
+
+class DrainingServer(uvicorn.Server):
+    """First SIGTERM/SIGINT drains the gateway and then stops; a second one stops at once."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, drain_seconds: float):
+        super().__init__(config)
+        self.gateway = gateway
+        self.drain_seconds = drain_seconds
+        self._drain_task: asyncio.Task | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_task is None and not self.should_exit:
+            # Not recorded in _captured_signals: uvicorn would re-raise it and the exit code would be 143.
+            self._drain_task = asyncio.get_event_loop().create_task(self._drain())
+            return
+        self.force_exit = True
+        self.should_exit = True
+
+    async def _drain(self) -> None:
+        await self.gateway.drain(self.drain_seconds)
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.api_keys:
+        log.warning(NO_KEYS_WARNING.format(where=f"{settings.host}:{settings.port}"))
+    app = create_app(settings)
+    gateway: Gateway = app.state.gateway
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        # Behind a load balancer an idle keep-alive must outlive the LB's, or requests hit closed sockets.
+        timeout_keep_alive=75,
+    )
+    server = DrainingServer(config, gateway, settings.drain_seconds)
+
+    def fatal(exc: BaseException) -> None:
+        server.should_exit = True
+
+    gateway.on_fatal = fatal
+    server.run()
+    if gateway.failure is not None:
+        return 1
+    return 0 if server.started else 1

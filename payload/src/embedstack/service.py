@@ -1,0 +1,96 @@
+"""The served models, their batchers, readiness and drain: the state behind the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from embedstack.batcher import Batcher
+from embedstack.config import ModelSpec, Settings
+from embedstack.engines import build_engine
+from embedstack.errors import ModelNotFound
+from embedstack.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.batchers: dict[str, Batcher] = {}
+        self._by_name: dict[str, Batcher] = {}
+        for spec in settings.models:
+            engine = build_engine(spec, settings)
+            batcher = Batcher(
+                engine,
+                max_batch_tokens=settings.max_batch_tokens,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue_inputs=settings.max_queue_inputs,
+                metrics=metrics,
+            )
+            self.batchers[spec.id] = batcher
+            for name in spec.names:
+                self._by_name[name] = batcher
+        self.ready = False
+        self.draining = False
+        self.failure: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self.inflight = 0  # embeddings requests between arrival and response
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        return [b.engine.spec for b in self.batchers.values()]
+
+    def resolve(self, name: str) -> Batcher:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            served = ", ".join(sorted(self.batchers))
+            raise ModelNotFound(f"model {name!r} is not served here; served models: {served}", param="model") from None
+
+    async def start(self) -> None:
+        """Load every engine; any failure is fatal, because a half-served registry misleads clients."""
+        try:
+            for batcher in self.batchers.values():
+                started = time.monotonic()
+                await batcher.engine.start()
+                batcher.start()
+                log.info("model %s ready in %.1f s", batcher.engine.spec.id, time.monotonic() - started)
+        except Exception as exc:
+            self.failure = exc
+            log.error("start-up failed: %s", getattr(exc, "message", exc))
+            self.on_fatal(exc)
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._quiet.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._quiet.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking work at once; give accepted work until the deadline to finish."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        deadline = time.monotonic() + seconds
+        log.info("draining: /ready is 503, new requests get 503, %d in flight, %.0f s allowed", self.inflight, seconds)
+        results = await asyncio.gather(*(b.drain(deadline) for b in self.batchers.values()))
+        try:  # responses still being written after their vectors came back
+            await asyncio.wait_for(self._quiet.wait(), max(0.5, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("drain deadline reached with %d requests still in flight", self.inflight)
+        log.info("drained (%s)", "complete" if all(results) else "deadline reached")
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
