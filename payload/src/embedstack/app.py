@@ -38,6 +38,27 @@ class CountRequests:
         await self.app(scope, receive, counting_send)
 
 
+class CloseWhenDraining:
+    """While draining, answer with Connection: close so clients reconnect elsewhere
+    instead of reusing a keep-alive connection that is about to be shut."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway):
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.gateway.draining:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
     gateway = Gateway(settings, metrics)
@@ -53,4 +74,5 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.gateway = gateway
     app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(CloseWhenDraining, gateway=gateway)
     return app

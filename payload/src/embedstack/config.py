@@ -107,6 +107,9 @@ _ENV_FIELDS = {
 _ENV_ALIASES = {"models_file": "MODELS", "api_keys_file": "API_KEYS_FILE"}
 
 
+_KIND_NAMES = {int: "an integer", float: "a number"}
+
+
 def _convert(name: str, kind: type, raw: Any) -> Any:
     if kind is bool:
         if isinstance(raw, bool):
@@ -120,7 +123,7 @@ def _convert(name: str, kind: type, raw: Any) -> Any:
     try:
         return kind(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+        raise ConfigError(f"{name} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {raw!r}") from None
 
 
 def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -1,0 +1,58 @@
+"""The upstream engine against second real embedstack processes: forwarding, failover, refusal."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import openai
+from conftest import MODEL
+
+
+def models_file(tmp_path, upstreams: list[str], **overrides) -> str:
+    entry = {"id": MODEL, "engine": "upstream", "dimension": 384, "max_tokens": 256, **overrides}
+    lines = ["models:", f"  - id: {entry.pop('id')}"]
+    lines += [f"    {k}: {v}" for k, v in entry.items()]
+    lines += ["    upstreams:"] + [f"      - url: {u}" for u in upstreams]
+    path = tmp_path / "models.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def vectors(url: str, inputs: list[str]) -> np.ndarray:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    return np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=inputs).data])
+
+
+def test_forwards_and_fails_over_when_the_first_upstream_dies(start_gateway, tmp_path):
+    first, second = start_gateway(), start_gateway()
+    front = start_gateway(env={"EMBEDSTACK_MODELS": models_file(tmp_path, [first.url, second.url])})
+    texts = ["def main():\n    run()", "import os"]
+    direct = vectors(first.url, texts)
+    through = vectors(front.url, texts)
+    assert np.allclose(direct, through, atol=1e-5)
+
+    before = httpx.get(second.url + "/metrics").text
+    first.proc.kill()
+    first.proc.wait()
+    after_failover = vectors(front.url, texts)
+    assert np.allclose(direct, after_failover, atol=1e-2)
+    assert httpx.get(second.url + "/metrics").text != before  # the second upstream served it
+    assert "trying the next" in front.log
+
+
+def test_refuses_an_upstream_that_serves_a_different_model(start_gateway, tmp_path):
+    other = start_gateway()
+    front = start_gateway(
+        env={"EMBEDSTACK_MODELS": models_file(tmp_path, [other.url], upstream_model="bge-small-en-v1.5")},
+        ready=False,
+    )
+    assert front.wait_exit() == 1
+    assert "does not serve model 'bge-small-en-v1.5'" in front.log
+    assert "refusing it" in front.log
+
+
+def test_refuses_an_upstream_with_a_different_dimension(start_gateway, tmp_path):
+    other = start_gateway()
+    front = start_gateway(env={"EMBEDSTACK_MODELS": models_file(tmp_path, [other.url], dimension=768)}, ready=False)
+    assert front.wait_exit() == 1
+    assert "at 384 dimensions" in front.log and "configured for 768" in front.log
