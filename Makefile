@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint bench clean
+WHEELHOUSE := build/wheelhouse
+
+.PHONY: setup serve test lint bench wheelhouse clean
 
 setup: $(STAMP)
 
@@ -28,5 +30,16 @@ test: lint
 bench: setup
 	$(BIN)/python -m embedstack.bench
 
+# The gateway wheel plus every pinned dependency, so hosts install without an index.
+wheelhouse: $(WHEELHOUSE)/.built
+
+$(WHEELHOUSE)/.built: payload/requirements.txt payload/pyproject.toml $(shell find payload/src -name '*.py') | setup
+	rm -rf $(WHEELHOUSE).tmp
+	$(BIN)/pip download --quiet --disable-pip-version-check --only-binary=:all: \
+		-r payload/requirements.txt -d $(WHEELHOUSE).tmp
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps -w $(WHEELHOUSE).tmp ./payload
+	rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp $(WHEELHOUSE)
+	touch $@
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) build

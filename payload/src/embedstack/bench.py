@@ -41,7 +41,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-MODEL_NAME = "text-embedding-3-small"  # the alias IDE clients such as Roo Code send
+# The canonical id: config.py dropped the "text-embedding-3-small" alias (Roo Code assumes 1536 dims for it).
+MODEL_NAME = "all-minilm-l6-v2"
 DIMENSION = 384
 MAX_TOKENS = 256
 

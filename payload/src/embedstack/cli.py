@@ -17,6 +17,18 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(load_settings(overrides))
 
 
+def _health(args: argparse.Namespace) -> int:
+    from embedstack.health import run_health
+
+    return run_health(args.inventory, args.json)
+
+
+def _roo_config(args: argparse.Namespace) -> int:
+    from embedstack.roo_config import run_roo_config
+
+    return run_roo_config(args.inventory, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedstack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"embedstack {__version__}")
@@ -32,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", metavar="FILE", help="model registry YAML (EMBEDSTACK_MODELS)")
     serve.add_argument("--api-keys", metavar="FILE", help="API keys, one a line (EMBEDSTACK_API_KEYS_FILE)")
     serve.set_defaults(func=_serve)
+
+    health = sub.add_parser(
+        "health",
+        help="check every host of a deployment over SSH",
+        description="Exit status 0 when every check passes, 1 when any fails, 2 on a bad inventory.",
+    )
+    health.add_argument(
+        "-i", "--inventory", required=True, action="append", help="Ansible inventory; repeat to layer several"
+    )
+    health.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    health.set_defaults(func=_health)
+
+    roo = sub.add_parser("roo-config", help="print the Roo Code settings for a deployment")
+    roo.add_argument(
+        "-i", "--inventory", required=True, action="append", help="Ansible inventory; repeat to layer several"
+    )
+    roo.add_argument("--json", action="store_true", help="print JSON")
+    roo.set_defaults(func=_roo_config)
     return parser
 
 

@@ -70,7 +70,7 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     truncate: bool = True
     max_batch_tokens: int = 8192
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0  # requests that arrive while a batch runs join the next one anyway
     max_queue_inputs: int = 8192
     drain_seconds: float = 25.0
     upstream_timeout: float = 60.0

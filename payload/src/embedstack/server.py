@@ -15,11 +15,11 @@ from embedstack.service import Gateway
 log = logging.getLogger("embedstack")
 
 NO_KEYS_WARNING = """
-##########################################################################
-#  WARNING: no API keys configured: the embeddings API is OPEN to anyone  #
-#  who can reach {where:<52}#
-#  Set EMBEDSTACK_API_KEYS or --api-keys FILE to require a key.          #
-##########################################################################"""
+########################################################################
+# WARNING: no API keys configured. The embeddings API is OPEN to anyone
+# who can reach {where}.
+# Set EMBEDSTACK_API_KEYS or --api-keys FILE to require a key.
+########################################################################"""
 
 
 class DrainingServer(uvicorn.Server):

@@ -1,0 +1,131 @@
+"""`embedstack health -i INVENTORY`: check every host of a deployment over OpenSSH."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from embedstack.inventory import Host, load_inventory
+
+SSH_TIMEOUT = 10
+
+
+@dataclass
+class Check:
+    host: str
+    check: str
+    ok: bool
+    detail: str
+
+
+def gateway_model(host: Host) -> tuple[str, int]:
+    """The model id and dimension the embedding_service role deploys on this host."""
+    models = host.vars.get("embedding_service_models")
+    if isinstance(models, list) and models and isinstance(models[0], dict):
+        return str(models[0]["id"]), int(models[0]["dimension"])
+    if host.vars.get("embedding_service_engine") == "upstream":
+        model = host.vars.get("embedding_service_upstream_model") or {}
+        return str(model.get("id", host.vars.get("vllm_served_model_name", ""))), int(model.get("dimension", 1024))
+    model = host.vars.get("embedding_service_local_model") or {}
+    return str(model.get("id", "all-minilm-l6-v2")), int(model.get("dimension", 384))
+
+
+def first_key(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return str(value or "")
+
+
+def params_for(host: Host) -> dict[str, Any]:
+    units = ["nftables.service"]
+    params: dict[str, Any] = {"gpu": host.gpu, "controller_time": time.time()}
+    if "embedding" in host.groups:
+        units.append("embedstack-gateway.service")
+        if host.gpu:
+            units.append("vllm.service")
+        model, dimension = gateway_model(host)
+        params["gateway"] = {
+            "port": host.gateway_port,
+            "model": model,
+            "dimension": dimension,
+            "api_key": first_key(host.vars.get("embedding_service_api_keys")),
+        }
+    if "qdrant" in host.groups:
+        installed = str(host.vars.get("qdrant_install_binary", True)).lower() not in ("false", "no", "0")
+        if installed:
+            units.append("qdrant.service")
+        params["qdrant"] = {
+            "port": host.qdrant_port,
+            "scheme": "https" if host.vars.get("qdrant_enable_tls") else "http",
+            "api_key": str(host.vars.get("qdrant_api_key", "")),
+            "binary": "/usr/bin/qdrant" if installed else "/nonexistent/qdrant-not-installed",
+        }
+    params["units"] = units
+    params["min_free_gib"] = float(host.vars.get("embedstack_health_min_free_gib", 2))
+    return params
+
+
+def ssh_command(host: Host) -> list[str]:
+    v = host.vars
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}"]
+    if v.get("ansible_port"):
+        cmd += ["-p", str(v["ansible_port"])]
+    if v.get("ansible_ssh_private_key_file"):
+        cmd += ["-i", str(v["ansible_ssh_private_key_file"])]
+    for extra in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        cmd += shlex.split(str(v.get(extra, "")))
+    user = v.get("ansible_user")
+    cmd.append(f"{user}@{host.address}" if user else host.address)
+    # Only root can read every unit's state and the nftables ruleset.
+    cmd += ["python3", "-"] if user in (None, "root") else ["sudo", "-n", "python3", "-"]
+    return cmd
+
+
+def check_host(host: Host) -> list[Check]:
+    script = f"PARAMS = {params_for(host)!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    try:
+        proc = subprocess.run(
+            ssh_command(host), input=script, capture_output=True, text=True, timeout=SSH_TIMEOUT + 90, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return [Check(host.name, "ssh", False, "unreachable: no answer within the timeout")]
+    if proc.returncode == 255:  # OpenSSH's own failure: the host was never reached
+        return [Check(host.name, "ssh", False, "unreachable: " + (proc.stderr.strip().splitlines() or ["?"])[-1])]
+    try:
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return [Check(host.name, "remote checks", False, f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}")]
+    return [Check(host.name, "ssh", True, "reachable")] + [Check(host.name, **row) for row in rows]
+
+
+def run_health(inventory: list[str], as_json: bool) -> int:
+    hosts = [h for h in load_inventory(inventory) if h.groups & {"embedding", "qdrant"}]
+    if not hosts:
+        print(f"embedstack health: inventory {', '.join(inventory)} has no hosts in groups 'embedding' or 'qdrant'")
+        return 2
+    with ThreadPoolExecutor(max(1, min(8, len(hosts)))) as pool:
+        checks = [c for per_host in pool.map(check_host, hosts) for c in per_host]
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        print(json.dumps({"healthy": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        print(render_table(checks))
+        summary = f"{len(checks) - len(failed)} passed, {len(failed)} failed"
+        print(f"\n{'HEALTHY' if not failed else 'UNHEALTHY'}: {summary}")
+        for c in failed:
+            print(f"  FAIL {c.host}: {c.check}: {c.detail}")
+    return 1 if failed else 0
+
+
+def render_table(checks: list[Check]) -> str:
+    rows = [("HOST", "CHECK", "STATUS", "DETAIL")] + [
+        (c.host, c.check, "ok" if c.ok else "FAIL", c.detail) for c in checks
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)

@@ -1,0 +1,86 @@
+"""Read an Ansible inventory through `ansible-inventory --list`, so group_vars and vault apply."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedstack.errors import ConfigError
+
+GATEWAY_PORT = 8080
+QDRANT_HTTP_PORT = 6333
+
+
+@dataclass
+class Host:
+    name: str
+    groups: set[str] = field(default_factory=set)
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return str(self.vars.get("ansible_host", self.name))
+
+    @property
+    def gpu(self) -> bool:
+        return _truthy(self.vars.get("embedstack_gpu", False))
+
+    @property
+    def gateway_port(self) -> int:
+        return int(self.vars.get("embedding_service_port", GATEWAY_PORT))
+
+    @property
+    def qdrant_port(self) -> int:
+        return int(self.vars.get("qdrant_http_port", QDRANT_HTTP_PORT))
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _ansible_inventory() -> str:
+    beside = Path(sys.executable).parent / "ansible-inventory"  # the venv embedstack runs from
+    found = str(beside) if beside.exists() else shutil.which("ansible-inventory")
+    if not found:
+        raise ConfigError("ansible-inventory is not installed: install ansible-core (make setup does)")
+    return found
+
+
+def load_inventory(paths: list[str]) -> list[Host]:
+    """Later inventories override earlier ones, as with ansible's repeated -i."""
+    cmd = [_ansible_inventory(), "--list"]
+    for path in paths:
+        if not Path(path).exists():
+            raise ConfigError(f"inventory {path} does not exist")
+        cmd += ["-i", path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ConfigError(f"ansible-inventory could not read {', '.join(paths)}: {proc.stderr.strip()[-500:]}")
+    data = json.loads(proc.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    hosts = {name: Host(name, vars=dict(v)) for name, v in hostvars.items()}
+
+    def collect(group: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        if group in seen:
+            return set()
+        entry = data.get(group, {})
+        members = set(entry.get("hosts", []))
+        for child in entry.get("children", []):
+            members |= collect(child, seen | {group})
+        return members
+
+    for group in data:
+        if group == "_meta":
+            continue
+        for name in collect(group):
+            hosts.setdefault(name, Host(name)).groups.add(group)
+    return sorted(hosts.values(), key=lambda h: h.name)
+
+
+def in_group(hosts: list[Host], group: str) -> list[Host]:
+    return [h for h in hosts if group in h.groups]

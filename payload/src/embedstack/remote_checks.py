@@ -1,0 +1,149 @@
+"""Checks that run ON a deployed host: `embedstack health` pipes this file to `ssh host python3 -`.
+
+Standard library only: hosts have python3 but not necessarily the embedstack venv.
+`PARAMS` is prepended by the caller, so secrets never appear on a command line.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+PARAMS: dict = globals().get("PARAMS", {})
+results: list = []
+
+
+def record(check, ok, detail):
+    results.append({"check": check, "ok": bool(ok), "detail": str(detail)})
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(getattr(exc, "reason", exc)).encode()
+
+
+def run(*cmd):
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, str(exc)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def check_units():
+    for unit in PARAMS.get("units", []):
+        code, out = run("systemctl", "is-active", unit)
+        record(f"unit {unit}", code == 0, out or "unknown")
+
+
+def check_gateway():
+    gw = PARAMS.get("gateway")
+    if not gw:
+        return
+    base = f"http://127.0.0.1:{gw['port']}"
+    status, body = http("GET", base + "/ready")
+    record("gateway /ready", status == 200, f"HTTP {status}" if status else body.decode()[:200])
+    headers = {"Authorization": "Bearer " + gw["api_key"]} if gw.get("api_key") else {}
+    request = {"model": gw["model"], "input": ["embedstack health canary"], "encoding_format": "float"}
+    status, body = http("POST", base + "/v1/embeddings", request, headers)
+    if status != 200:
+        record("gateway embedding", False, f"HTTP {status}: {body.decode(errors='replace')[:200]}")
+        return
+    dims = len(json.loads(body)["data"][0]["embedding"])
+    record("gateway embedding", dims == gw["dimension"], f"{dims} dims (expected {gw['dimension']})")
+
+
+def check_vllm():
+    if PARAMS.get("gpu") and PARAMS.get("gateway"):
+        status, body = http("GET", "http://127.0.0.1:8001/health")
+        record("vllm /health", status == 200, f"HTTP {status}" if status else body.decode()[:200])
+
+
+def check_nvidia():
+    if not PARAMS.get("gpu"):
+        return
+    if not shutil.which("nvidia-smi"):
+        record("nvidia-smi", False, "nvidia-smi is not installed")
+        return
+    code, out = run("nvidia-smi", "--query-gpu=name,driver_version,memory.used,memory.total", "--format=csv,noheader")
+    record("nvidia-smi", code == 0, out.splitlines()[0] if out else f"exit {code}")
+
+
+def check_qdrant():
+    qd = PARAMS.get("qdrant")
+    if not qd:
+        return
+    if not os.path.exists(qd["binary"]):
+        record("qdrant", True, f"skipped: no qdrant binary at {qd['binary']} (installation disabled)")
+        return
+    base = f"{qd['scheme']}://127.0.0.1:{qd['port']}"
+    status, body = http("GET", base + "/readyz")
+    record("qdrant /readyz", status == 200, f"HTTP {status}" if status else body.decode()[:200])
+    headers = {"api-key": qd.get("api_key", "")}
+    name = f"embedstack-health-{uuid.uuid4().hex[:12]}"
+    steps = [
+        ("create", "PUT", f"/collections/{name}", {"vectors": {"size": 4, "distance": "Cosine"}}),
+        (
+            "write",
+            "PUT",
+            f"/collections/{name}/points?wait=true",
+            {"points": [{"id": 1, "vector": [0.1, 0.2, 0.3, 0.4], "payload": {"canary": True}}]},
+        ),
+        ("read", "GET", f"/collections/{name}/points/1", None),
+    ]
+    failed = None
+    for step, method, path, body_ in steps:
+        status, out = http(method, base + path, body_, headers)
+        if status != 200:
+            failed = f"{step}: HTTP {status} {out.decode(errors='replace')[:160]}"
+            break
+    status, out = http("DELETE", base + f"/collections/{name}", None, headers)
+    if not failed and status != 200:
+        failed = f"delete: HTTP {status}"
+    record("qdrant canary", failed is None, failed or "write/read/delete in a scratch collection")
+
+
+def check_disk():
+    usage = shutil.disk_usage("/")
+    free_gib = usage.free / 2**30
+    need = PARAMS.get("min_free_gib", 2)
+    record("free disk /", free_gib >= need, f"{free_gib:.1f} GiB free (need {need})")
+
+
+def check_firewall():
+    code, out = run("nft", "list", "table", "inet", "embedstack")
+    loaded = code == 0 and "policy drop" in out
+    record("nftables ruleset", loaded, "table inet embedstack loaded, input policy drop" if loaded else out[:200])
+
+
+def check_clock():
+    in_container = run("systemd-detect-virt", "--container")[0] == 0
+    _, out = run("timedatectl", "show", "--property=NTPSynchronized", "--value")
+    skew = abs(time.time() - PARAMS.get("controller_time", time.time()))
+    if in_container:  # the clock is the host kernel's: compare it with the operator's machine
+        record("clock", skew < 5, f"container, host-managed clock; {skew:.2f} s from the controller")
+    else:
+        record(
+            "clock", out == "yes" and skew < 5, f"NTPSynchronized={out or 'unknown'}; {skew:.2f} s from the controller"
+        )
+
+
+for fn in (check_units, check_gateway, check_vllm, check_nvidia, check_qdrant, check_disk, check_firewall, check_clock):
+    try:
+        fn()
+    except Exception as exc:  # one broken check must not hide the others
+        record(fn.__name__.removeprefix("check_"), False, f"{type(exc).__name__}: {exc}")
+print(json.dumps(results))

@@ -1,0 +1,47 @@
+"""`embedstack roo-config -i INVENTORY`: the settings to type into Roo Code's codebase indexing."""
+
+from __future__ import annotations
+
+import json
+
+from embedstack.errors import ConfigError
+from embedstack.health import first_key, gateway_model
+from embedstack.inventory import in_group, load_inventory
+
+
+def roo_settings(inventory: list[str]) -> dict[str, str | int]:
+    hosts = load_inventory(inventory)
+    embedding, qdrant = in_group(hosts, "embedding"), in_group(hosts, "qdrant")
+    if not embedding:
+        raise ConfigError(f"inventory {', '.join(inventory)} has no host in group 'embedding'")
+    gw = embedding[0]
+    model, dimension = gateway_model(gw)
+    settings: dict[str, str | int] = {
+        "Embedder Provider": "OpenAI Compatible",
+        # A load balancer's address (GCP) wins over the first host's.
+        "Base URL": str(gw.vars.get("embedstack_gateway_url") or f"http://{gw.address}:{gw.gateway_port}/v1"),
+        "API Key": first_key(gw.vars.get("embedding_service_api_keys")) or "any-non-empty-text (the gateway is open)",
+        "Model": model,
+        "Model Dimension": dimension,
+    }
+    if qdrant:
+        qd = qdrant[0]
+        scheme = "https" if qd.vars.get("qdrant_enable_tls") else "http"
+        # Always with the port: Roo sends a port-less http:// URL to port 80.
+        settings["Qdrant URL"] = str(
+            qd.vars.get("embedstack_qdrant_url") or f"{scheme}://{qd.address}:{qd.qdrant_port}"
+        )
+        settings["Qdrant API Key"] = str(qd.vars.get("qdrant_api_key", ""))
+    return settings
+
+
+def run_roo_config(inventory: list[str], as_json: bool) -> int:
+    settings = roo_settings(inventory)
+    if as_json:
+        print(json.dumps(settings, indent=2))
+        return 0
+    print("Roo Code > Codebase Indexing settings:")
+    width = max(len(k) for k in settings)
+    for key, value in settings.items():
+        print(f"  {key:<{width}}  {value}")
+    return 0
