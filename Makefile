@@ -1,4 +1,4 @@
-# embedstack: `make serve` runs the gateway, `make test` runs every check.
+# embedstack: `make lab` brings up the local stack, `make test` runs every check.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 
 WHEELHOUSE := build/wheelhouse
 
-.PHONY: setup serve test lint bench wheelhouse clean
+# Ansible and molecule call each other by name: the venv's tools come first on PATH.
+ANSIBLE_ENV := PATH=$(CURDIR)/$(BIN):$$PATH ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg
+LAB := -i inventories/lab
+# Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
+HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
+
+.PHONY: setup serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy clean
 
 setup: $(STAMP)
 
@@ -24,8 +30,31 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+ansible-lint: setup
+	$(ANSIBLE_ENV) $(BIN)/ansible-lint --offline --profile production roles ansible molecule inventories
+	for play in ansible/*.yml; do $(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) --syntax-check $$play || exit 1; done
+
+host-packages:
+	dpkg -s $(HOST_PACKAGES) >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(HOST_PACKAGES))
+
+# Real Debian 12 systemd containers: create, converge, idempotence, verify (tests/e2e), destroy.
+molecule: setup wheelhouse
+	$(ANSIBLE_ENV) $(BIN)/molecule test
+
+test: lint ansible-lint host-packages
 	$(BIN)/pytest
+	$(MAKE) molecule
+
+# The main job: containers from inventories/lab, the site.yml configure plays, then health.
+lab: setup wheelhouse
+	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/lab.yml
+	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/site.yml
+	$(ANSIBLE_ENV) $(BIN)/embedstack health $(LAB)
+	$(ANSIBLE_ENV) $(BIN)/embedstack roo-config $(LAB)
+
+lab-destroy: setup
+	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/lab-destroy.yml
 
 bench: setup
 	$(BIN)/python -m embedstack.bench

@@ -64,27 +64,33 @@ def params_for(host: Host) -> dict[str, Any]:
             "port": host.qdrant_port,
             "scheme": "https" if host.vars.get("qdrant_enable_tls") else "http",
             "api_key": str(host.vars.get("qdrant_api_key", "")),
-            "binary": "/usr/bin/qdrant" if installed else "/nonexistent/qdrant-not-installed",
+            "installed": installed,
         }
     params["units"] = units
     params["min_free_gib"] = float(host.vars.get("embedstack_health_min_free_gib", 2))
     return params
 
 
-def ssh_command(host: Host) -> list[str]:
+def ssh_target(host: Host) -> list[str]:
+    """`ssh [options] user@host` with the inventory's connection settings, ready for a remote command."""
     v = host.vars
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}"]
     if v.get("ansible_port"):
         cmd += ["-p", str(v["ansible_port"])]
-    if v.get("ansible_ssh_private_key_file"):
-        cmd += ["-i", str(v["ansible_ssh_private_key_file"])]
+    key = v.get("ansible_ssh_private_key_file") or v.get("ansible_private_key_file")
+    if key:
+        cmd += ["-i", str(key)]
     for extra in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
         cmd += shlex.split(str(v.get(extra, "")))
     user = v.get("ansible_user")
     cmd.append(f"{user}@{host.address}" if user else host.address)
-    # Only root can read every unit's state and the nftables ruleset.
-    cmd += ["python3", "-"] if user in (None, "root") else ["sudo", "-n", "python3", "-"]
     return cmd
+
+
+def ssh_command(host: Host) -> list[str]:
+    # Only root can read every unit's state and the nftables ruleset.
+    root = host.vars.get("ansible_user") in (None, "root")
+    return ssh_target(host) + (["python3", "-"] if root else ["sudo", "-n", "python3", "-"])
 
 
 def check_host(host: Host) -> list[Check]:
