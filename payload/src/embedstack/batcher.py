@@ -148,7 +148,7 @@ class Batcher:
         lo = hi = order.index(0)  # the oldest item is always in the batch
 
         def fits(lo: int, hi: int) -> bool:  # padded to the longest member
-            return cost[hi] * (hi - lo + 1) <= self.max_batch_tokens
+            return self.engine.batch_cost(hi - lo + 1, cost[hi]) <= self.max_batch_tokens
 
         while True:
             left = lo > 0 and fits(lo - 1, hi)

@@ -41,6 +41,9 @@ class Engine(Protocol):
 
     async def close(self) -> None: ...
 
+    def batch_cost(self, rows: int, longest: int) -> int:
+        """Tokens a batch of `rows` items occupies when its longest item costs `longest`."""
+
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
         """Validate and tokenize; raises InvalidInput naming the offending index."""
 

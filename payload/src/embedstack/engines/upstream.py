@@ -105,6 +105,9 @@ class UpstreamEngine:
                 f"but this gateway is configured for {self.spec.dimension}; refusing it"
             )
 
+    def batch_cost(self, rows: int, longest: int) -> int:
+        return rows * longest
+
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         if prefix:
