@@ -57,7 +57,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    # Starlette's ServerErrorMiddleware calls this for anything unhandled, then re-raises to log it.
+    # Starlette's ServerErrorMiddleware calls this for anything no other handler took.
+    log.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error; the gateway logged the cause", "server_error", "internal_error")
 
 

@@ -1,0 +1,37 @@
+"""An unexpected failure is logged and answered as a 500 in the OpenAI error shape."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from embedstack.app import create_app
+from embedstack.config import load_settings
+from starlette.testclient import TestClient
+
+
+def test_a_bug_becomes_a_logged_500_with_the_error_shape(caplog):
+    app = create_app(load_settings({}, env={"EMBEDSTACK_COMPILE": "off"}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(300):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        batcher = app.state.gateway.batchers["all-minilm-l6-v2"]
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("simulated bug in the batcher")
+
+        batcher.embed = broken
+        with caplog.at_level(logging.ERROR):
+            response = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "x"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "internal server error; the gateway logged the cause",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    assert "simulated bug in the batcher" in caplog.text
