@@ -106,7 +106,7 @@ _ENV_FIELDS = {
     "log_level": str,
 }
 # CLI spellings that differ from the field name
-_ENV_ALIASES = {"models_file": "MODELS", "api_keys_file": "API_KEYS_FILE"}
+_ENV_ALIASES = {"models_file": "MODELS"}
 
 
 _KIND_NAMES = {int: "an integer", float: "a number"}
