@@ -22,6 +22,9 @@ NO_KEYS_WARNING = """
 ########################################################################"""
 
 
+CLOSE_GRACE_SECONDS = 0.5
+
+
 class DrainingServer(uvicorn.Server):
     """First SIGTERM/SIGINT drains the gateway and then stops; a second one stops at once."""
 
@@ -41,6 +44,11 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         await self.gateway.drain(self.drain_seconds)
+        # Stop accepting before closing connections: a connection accepted in the last instant
+        # gets its request answered (503, Connection: close) during the grace instead of a reset.
+        for listener in self.servers:
+            listener.close()
+        await asyncio.sleep(CLOSE_GRACE_SECONDS)
         self.should_exit = True
 
 
