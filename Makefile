@@ -12,7 +12,7 @@ LAB := -i inventories/lab
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 
-.PHONY: setup serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy clean
+.PHONY: setup serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,20 @@ lab: setup wheelhouse
 
 lab-destroy: setup
 	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/lab-destroy.yml
+
+# Your own inventory (Proxmox VE: inventories/proxmox is the sample): provision, configure, check.
+# A vault in the inventory is opened with one password prompt, kept in a 0600 temp file until done.
+deploy: setup wheelhouse
+	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=inventories/<yours>" >&2; exit 2; }
+	@set -e; \
+	if [ -z "$$ANSIBLE_VAULT_PASSWORD_FILE" ] && grep -rqsl '^\$$ANSIBLE_VAULT;' $(INVENTORY); then \
+		pass=$$(mktemp); trap 'rm -f "$$pass"' EXIT; \
+		printf "Vault password: " >&2; stty -echo 2>/dev/null || true; IFS= read -r word; stty echo 2>/dev/null || true; echo >&2; \
+		printf '%s\n' "$$word" > "$$pass"; export ANSIBLE_VAULT_PASSWORD_FILE="$$pass"; \
+	fi; \
+	$(ANSIBLE_ENV) $(BIN)/ansible-playbook -i $(INVENTORY) ansible/site.yml; \
+	$(ANSIBLE_ENV) $(BIN)/embedstack health -i $(INVENTORY); \
+	$(ANSIBLE_ENV) $(BIN)/embedstack roo-config -i $(INVENTORY)
 
 bench: setup
 	$(BIN)/python -m embedstack.bench

@@ -41,6 +41,7 @@ def standin(tmp_path_factory) -> Iterator[Node]:
             {
                 "tokens": {TOKEN_ID: TOKEN_SECRET},
                 "templates": [TEMPLATE],
+                "nat": True,  # the configure plays install Debian packages in the containers
                 "guests": [
                     {"vmid": FOREIGN_CT, "type": "lxc", "name": "someone-elses-ct", "tags": "other"},
                     {"vmid": FOREIGN_VM, "type": "qemu", "name": "someone-elses-vm"},

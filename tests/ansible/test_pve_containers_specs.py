@@ -1,0 +1,138 @@
+"""The pve_containers role turns inventory hosts into container specs and refuses vmids that are not
+embedstack's. These are its filters, called directly: a bad inventory must fail naming the variable,
+the host and what is allowed, before the play reaches the Proxmox VE API."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).parents[2] / "roles/pve_containers/filter_plugins/pve_containers.py"
+spec = importlib.util.spec_from_file_location("pve_containers_filters", PLUGIN)
+filters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(filters)
+AnsibleFilterError = pytest.importorskip("ansible.errors").AnsibleFilterError
+
+DEFAULTS = {
+    "vmid": "",
+    "cores": 2,
+    "memory": 2048,
+    "swap": 512,
+    "disk_size": 16,
+    "storage": "local-lvm",
+    "bridge": "vmbr0",
+    "ip": "static",
+    "prefix_length": 24,
+    "gateway": "192.168.1.1",
+    "nameserver": "",
+    "unprivileged": True,
+    "nesting": True,
+    "onboot": True,
+}
+
+
+def specs(**hosts):
+    return filters.pve_containers_specs(list(hosts), hosts, DEFAULTS)
+
+
+def test_a_container_takes_its_own_settings_over_the_nodes():
+    (embed,) = specs(
+        **{"es-embed": {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250, "pve_containers_memory": "16384"}}
+    )
+    assert embed["vmid"] == 250 and embed["memory"] == 16384 and embed["cores"] == 2
+    assert embed["net0"] == "name=eth0,bridge=vmbr0,ip=192.168.1.50/24,gw=192.168.1.1"
+    assert embed["gpu"] is False
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "message"),
+    [
+        ({"ansible_host": "192.168.1.50"}, "pve_containers_vmid is not set for es-embed"),
+        ({"ansible_host": "192.168.1.50", "pve_containers_vmid": 99}, "must be from 100 to 999999999, got 99"),
+        (
+            {"ansible_host": "es-embed.lan", "pve_containers_vmid": 250},
+            "ansible_host of es-embed must be an IPv4 address with pve_containers_ip: static",
+        ),
+        (
+            {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250, "pve_containers_ip": "auto"},
+            "pve_containers_ip of es-embed must be one of: static, dhcp (got 'auto')",
+        ),
+        (
+            {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250, "pve_containers_gateway": "10.0.0.1"},
+            "pve_containers_gateway 10.0.0.1 of es-embed must be another address inside 192.168.1.0/24",
+        ),
+        (
+            {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250, "pve_containers_cores": "two"},
+            "pve_containers_cores of es-embed must be an integer from 1 to 8192, got 'two'",
+        ),
+    ],
+)
+def test_bad_settings_name_the_variable_and_what_is_allowed(hostvars, message):
+    with pytest.raises(AnsibleFilterError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        specs(**{"es-embed": hostvars})
+
+
+def test_two_containers_cannot_share_a_vmid():
+    with pytest.raises(AnsibleFilterError, match="two containers share pve_containers_vmid 250"):
+        specs(
+            **{
+                "es-embed": {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250},
+                "es-qdrant": {"ansible_host": "192.168.1.51", "pve_containers_vmid": 250},
+            }
+        )
+
+
+def test_dhcp_needs_no_address():
+    (embed,) = specs(
+        **{"es-embed": {"ansible_host": "es-embed.lan", "pve_containers_vmid": 250, "pve_containers_ip": "dhcp"}}
+    )
+    assert embed["net0"] == "name=eth0,bridge=vmbr0,ip=dhcp"
+
+
+def guest(vmid, name, tags="embedstack", kind="lxc", node="pve", status="running"):
+    return {"vmid": vmid, "name": name, "tags": tags, "type": kind, "node": node, "status": status}
+
+
+def test_only_our_tagged_container_with_our_name_counts_as_ours():
+    ours = specs(
+        **{
+            "es-embed": {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250},
+            "es-qdrant": {"ansible_host": "192.168.1.51", "pve_containers_vmid": 251},
+        }
+    )
+    match = filters.pve_containers_match(ours, [guest(250, "es-embed", "backup;embedstack")], "pve", "embedstack")
+    assert match["problems"] == []
+    assert [(c["hostname"], c["exists"], c["running"]) for c in match["containers"]] == [
+        ("es-embed", True, True),
+        ("es-qdrant", False, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("resources", "problem"),
+    [
+        (
+            [guest(250, "es-embed", tags="")],
+            "vmid 250 is already used by container 'es-embed' on node 'pve' (tags: none)",
+        ),
+        ([guest(250, "web", tags="embedstack")], "vmid 250 is already used by container 'web'"),
+        ([guest(250, "es-embed", kind="qemu")], "vmid 250 is already used by VM 'es-embed'"),
+        ([guest(250, "es-embed", node="pve2")], "es-embed (vmid 250) lives on node 'pve2', not 'pve'"),
+        ([guest(260, "es-embed")], "embedstack's es-embed already exists as vmid 260: set pve_containers_vmid: 260"),
+    ],
+)
+def test_a_vmid_that_is_not_ours_is_a_problem(resources, problem):
+    ours = specs(**{"es-embed": {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250}})
+    assert any(problem in p for p in filters.pve_containers_match(ours, resources, "pve", "embedstack")["problems"])
+
+
+def test_containers_belong_to_the_first_node_unless_they_name_another():
+    hostvars = {"a": {}, "b": {"pve_containers_node_host": "pve2"}, "c": {"pve_containers_node_host": "pve9"}}
+    assert filters.pve_containers_on(["a", "b"], hostvars, "pve1", ["pve1", "pve2"]) == ["a"]
+    assert filters.pve_containers_on(["a", "b"], hostvars, "pve2", ["pve1", "pve2"]) == ["b"]
+    with pytest.raises(
+        AnsibleFilterError, match="pve_containers_node_host of c is 'pve9', not a host of the pve group"
+    ):
+        filters.pve_containers_on(["c"], hostvars, "pve1", ["pve1", "pve2"])

@@ -1,0 +1,260 @@
+"""ansible/site.yml and ansible/teardown.yml against the Proxmox VE API stand-in (pve_standin.py, not
+Proxmox VE: none can run here), end to end.
+
+The inventory is the repository's sample, inventories/proxmox, with one more inventory source on top
+that points it at the stand-in and its bridge, as a user's edits would. The provisioning play creates
+two real LXC containers through the API, the configure plays set them up over SSH, `embedstack health`
+checks them, the official openai client gets vectors from the gateway, and teardown removes them.
+The tests run in file order and share the deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from standin_node import FOREIGN_CT, TOKEN_ID, TOKEN_SECRET, Node
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+EMBED, QDRANT = ("es-embed", 310, "10.216.0.40"), ("es-qdrant", 311, "10.216.0.41")
+GATEWAY_KEY = "pve-e2e-gateway-key-0123456789"  # test-only keys for throwaway containers
+QDRANT_KEY = "pve-e2e-qdrant-key-0123456789"
+
+pytestmark = pytest.mark.skipif(
+    not (REPO / "build/wheelhouse/.built").exists(), reason="needs the wheelhouse: run make wheelhouse"
+)
+
+
+class Deployment:
+    def __init__(self, node: Node, work: Path, ssh_key: Path):
+        self.node, self.work, self.key = node, work, ssh_key
+        self.known_hosts = work / "known_hosts"
+        self.overlay = work / "standin.yml"
+        self.overlay.write_text(yaml.safe_dump(self.inventory()))
+
+    def inventory(self, **host_overrides) -> dict:
+        """Host vars only: they win over the sample's group_vars files, as a user's edits of hosts.yml would."""
+        container = {
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes",
+            "firewall_admin_cidrs": ["10.216.0.1/32"],
+            "firewall_client_cidrs": ["10.216.0.1/32"],
+        }
+        hosts = {
+            EMBED[0]: {
+                **container,
+                "ansible_host": EMBED[2],
+                "pve_containers_vmid": EMBED[1],
+                "pve_containers_cores": 2,
+                "pve_containers_memory": 3072,
+                "pve_containers_disk_size": 8,
+                "embedstack_gpu": False,  # no GPU here: the gateway's local engine serves all-MiniLM-L6-v2
+                "embedding_service_engine": "local",
+                "embedding_service_compile": "off",
+                "embedding_service_api_keys": [GATEWAY_KEY],
+            },
+            QDRANT[0]: {
+                **container,
+                "ansible_host": QDRANT[2],
+                "pve_containers_vmid": QDRANT[1],
+                "pve_containers_cores": 1,
+                "pve_containers_memory": 1024,
+                "pve_containers_disk_size": 4,
+                "qdrant_api_key": QDRANT_KEY,
+                "qdrant_install_binary": False,  # no Qdrant release can be downloaded here
+            },
+        }
+        for host, overrides in host_overrides.items():
+            hosts[host].update(overrides)
+        pve1 = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "pve_containers_api_host": self.node.host,
+            "pve_containers_api_port": self.node.port,
+            "pve_containers_api_token_id": TOKEN_ID,
+            "pve_containers_api_token_secret": TOKEN_SECRET,
+            "pve_containers_api_ca_file": self.node.ca_file,
+            "pve_containers_node": self.node.node,
+            "pve_containers_bridge": "esprx0",
+            "pve_containers_gateway": "10.216.0.1",
+            "pve_containers_ssh_public_key_file": str(self.key.with_suffix(".pub")),
+            "pve_containers_known_hosts_file": str(self.known_hosts),
+        }
+        return {
+            "all": {
+                "children": {
+                    "pve": {"hosts": {"pve1": pve1}},
+                    "embedding": {"hosts": {EMBED[0]: hosts[EMBED[0]]}},
+                    "qdrant": {"hosts": {QDRANT[0]: hosts[QDRANT[0]]}},
+                }
+            }
+        }
+
+    def run(self, playbook: str, *args: str, overlay: Path | None = None):
+        inventories = ["-i", str(REPO / "inventories/proxmox"), "-i", str(overlay or self.overlay)]
+        cmd = [str(BIN / "ansible-playbook"), *inventories, str(REPO / "ansible" / playbook), *args]
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "PROXMOX_TOKEN_SECRET": "",
+        }
+        return subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1200, check=False
+        )
+
+    def with_overrides(self, name: str, **host_overrides) -> Path:
+        path = self.work / f"{name}.yml"
+        path.write_text(yaml.safe_dump(self.inventory(**host_overrides)))
+        return path
+
+    def api(self, path: str) -> dict:
+        with self.node.client() as client:
+            return client.get(path).json()["data"]
+
+    def config(self, vmid: int) -> dict:
+        return self.api(f"/nodes/{self.node.node}/lxc/{vmid}/config")
+
+    def changes_since(self, seen: int) -> list[str]:
+        return [f"{r['method']} {r['path']}" for r in self.node.requests()[seen:] if r["method"] != "GET"]
+
+
+def recap(stdout: str) -> dict[str, dict[str, int]]:
+    found = re.findall(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", stdout, re.MULTILINE)
+    return {host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)} for host, counts in found}
+
+
+def output(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def deployment(standin: Node, ssh_key: Path, tmp_path_factory) -> Iterator[Deployment]:
+    d = Deployment(standin, tmp_path_factory.mktemp("pve-site"), ssh_key)
+    yield d
+    # on a failure half-way, remove what the play created; the stand-in's own cleanup is the backstop
+    for _, vmid, _ in (EMBED, QDRANT):
+        subprocess.run(["lxc-stop", "-P", standin.lxc_path, "-n", str(vmid), "-k"], capture_output=True, check=False)
+
+
+BAD_INPUT = {
+    "unknown node": ({"pve_containers_node": "pve-nope"}, None, "pve_containers_node 'pve-nope' is not a node"),
+    "wrong token": (
+        {"pve_containers_api_token_secret": "not-the-secret"},
+        None,
+        f"refused the token {TOKEN_ID} (HTTP 401): check pve_containers_api_token_id",
+    ),
+    "missing template": (
+        {"pve_containers_template": "debian-11-standard_11.7-1_amd64.tar.zst"},
+        None,
+        "pve_containers_template 'debian-11-standard_11.7-1_amd64.tar.zst' is not on storage local and not in",
+    ),
+    "vmid of someone else's container": (
+        {},
+        {QDRANT[0]: {"pve_containers_vmid": FOREIGN_CT}},
+        f"vmid {FOREIGN_CT} is already used by container 'someone-elses-ct' on node 'pve' (tags: other), "
+        f"not by embedstack's {QDRANT[0]}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
+def test_bad_input_fails_naming_the_problem_and_changes_nothing(deployment: Deployment, case: str):
+    pve_overrides, host_overrides, message = BAD_INPUT[case]
+    overlay = deployment.with_overrides("bad", **(host_overrides or {}))
+    if pve_overrides:
+        data = yaml.safe_load(overlay.read_text())
+        data["all"]["children"]["pve"]["hosts"]["pve1"].update(pve_overrides)
+        overlay.write_text(yaml.safe_dump(data))
+    foreign_before = deployment.config(FOREIGN_CT)
+    seen = len(deployment.node.requests())
+
+    proc = deployment.run("site.yml", "--tags", "provision", overlay=overlay)
+
+    assert proc.returncode != 0
+    assert message in proc.stdout, output(proc)
+    assert deployment.changes_since(seen) == []
+    assert deployment.config(FOREIGN_CT) == foreign_before
+    assert str(EMBED[1]) not in deployment.node.lxc_ls()
+
+
+def test_site_playbook_creates_and_configures_both_containers(deployment: Deployment):
+    proc = deployment.run("site.yml")
+
+    assert proc.returncode == 0, output(proc)
+    assert {str(EMBED[1]), str(QDRANT[1])} <= set(deployment.node.lxc_ls(running=True))
+    for (name, vmid, ip), memory in ((EMBED, 3072), (QDRANT, 1024)):
+        config = deployment.config(vmid)
+        assert config["hostname"] == name
+        assert config["tags"] == "embedstack"
+        assert config["cmode"] == "tty"
+        assert config["unprivileged"] == 1 and config["features"] == "nesting=1" and config["onboot"] == 1
+        assert config["memory"] == memory
+        assert f"ip={ip}/24" in config["net0"] and "gw=10.216.0.1" in config["net0"]
+        assert re.search(rf"^{re.escape(ip)} ssh-ed25519 ", deployment.known_hosts.read_text(), re.MULTILINE)
+
+
+def test_the_deployment_is_healthy_and_serves_vectors(deployment: Deployment):
+    from openai import OpenAI
+
+    health = subprocess.run(
+        [str(BIN / "embedstack"), "health", "-i", str(REPO / "inventories/proxmox"), "-i", str(deployment.overlay)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert "HEALTHY" in health.stdout
+
+    client = OpenAI(base_url=f"http://{EMBED[2]}:8080/v1", api_key=GATEWAY_KEY, max_retries=0, timeout=60)
+    vectors = client.embeddings.create(model="all-minilm-l6-v2", input=["def add(a, b): return a + b"])
+    assert len(vectors.data[0].embedding) == 384
+
+
+def test_a_second_run_changes_nothing(deployment: Deployment):
+    proc = deployment.run("site.yml")
+
+    assert proc.returncode == 0, output(proc)
+    counts = recap(proc.stdout)
+    assert set(counts) == {"pve1", EMBED[0], QDRANT[0]}
+    assert {host: c["changed"] for host, c in counts.items()} == {"pve1": 0, EMBED[0]: 0, QDRANT[0]: 0}
+
+
+def test_teardown_asks_first_and_refuses_a_vmid_that_is_not_ours(deployment: Deployment):
+    seen = len(deployment.node.requests())
+    unconfirmed = deployment.run("teardown.yml")  # stdin is not a terminal: no answer is a no
+    assert unconfirmed.returncode != 0
+    assert "Nothing removed. Answer yes, or run with -e confirm=yes." in unconfirmed.stdout, output(unconfirmed)
+
+    foreign = deployment.with_overrides("foreign", **{QDRANT[0]: {"pve_containers_vmid": FOREIGN_CT}})
+    refused = deployment.run("teardown.yml", "-e", "confirm=yes", overlay=foreign)
+    assert refused.returncode != 0
+    assert f"vmid {FOREIGN_CT} is already used by container 'someone-elses-ct'" in refused.stdout, output(refused)
+
+    assert deployment.changes_since(seen) == []
+    assert {str(EMBED[1]), str(QDRANT[1])} <= set(deployment.node.lxc_ls(running=True))
+
+
+def test_teardown_removes_our_containers_and_nothing_else(deployment: Deployment):
+    foreign_before = deployment.config(FOREIGN_CT)
+
+    proc = deployment.run("teardown.yml", "-e", "confirm=yes")
+
+    assert proc.returncode == 0, output(proc)
+    left = deployment.node.lxc_ls()
+    assert str(EMBED[1]) not in left and str(QDRANT[1]) not in left
+    vmids = {g["vmid"] for g in deployment.api("/cluster/resources?type=vm")}
+    assert vmids.isdisjoint({EMBED[1], QDRANT[1]}) and FOREIGN_CT in vmids
+    assert deployment.config(FOREIGN_CT) == foreign_before
+    assert EMBED[2] not in deployment.known_hosts.read_text()
