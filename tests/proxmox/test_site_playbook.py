@@ -258,3 +258,44 @@ def test_teardown_removes_our_containers_and_nothing_else(deployment: Deployment
     assert vmids.isdisjoint({EMBED[1], QDRANT[1]}) and FOREIGN_CT in vmids
     assert deployment.config(FOREIGN_CT) == foreign_before
     assert EMBED[2] not in deployment.known_hosts.read_text()
+
+
+def test_gpu_passthrough_writes_the_new_containers_config_once(deployment: Deployment):
+    """embedstack_gpu: true runs pve_gpu_passthrough on the node host. Here the node's files are the
+    stand-in's: its container configs, a /proc/devices copied from a PVE 8 host with the NVIDIA 550
+    driver loaded (tests/ansible/fixtures/pve), and a scratch root for the nvidia-uvm boot unit.
+    `pct status` becomes lxc-info on the stand-in's container and `pct reboot` a marker file."""
+    scratch = deployment.work / "gpu"
+    (scratch / "lock").mkdir(parents=True)
+    restarted = scratch / "restarted"
+    lxc_info = f"lxc-info -P {deployment.node.lxc_path} -n {{{{ pve_gpu_passthrough_vmid }}}} -sH"
+    configs = Path(deployment.node.lxc_path).parent / f"pve/nodes/{deployment.node.node}/lxc"  # the node's /etc/pve/lxc
+    node_files = {
+        "pve_gpu_passthrough_config_dir": str(configs),
+        "pve_gpu_passthrough_lock_dir": str(scratch / "lock"),
+        "pve_gpu_passthrough_proc_devices": str(REPO / "tests/ansible/fixtures/pve/proc-devices"),
+        "pve_gpu_passthrough_uvm_boot_root": str(scratch / "host"),
+        "pve_gpu_passthrough_status_command": f"sh -c 'echo status: $({lxc_info} | tr A-Z a-z)'",
+        "pve_gpu_passthrough_restart_command": f"touch {restarted}",
+    }
+    overlay = deployment.with_overrides("gpu", **{EMBED[0]: {"embedstack_gpu": True}})
+    data = yaml.safe_load(overlay.read_text())
+    data["all"]["children"]["pve"]["hosts"]["pve1"].update(node_files)
+    overlay.write_text(yaml.safe_dump(data))
+    provision = ("site.yml", "--tags", "provision", "--limit", "pve1")
+
+    try:
+        first = deployment.run(*provision, overlay=overlay)
+        assert first.returncode == 0, output(first)
+        devices = sorted(v.split(",")[0] for k, v in deployment.config(EMBED[1]).items() if re.fullmatch(r"dev\d+", k))
+        assert devices == ["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"]
+        assert not any(re.fullmatch(r"dev\d+", k) for k in deployment.config(QDRANT[1]))
+        assert (scratch / "host/etc/systemd/system/embedstack-nvidia-uvm.service").exists()
+
+        second = deployment.run(*provision, overlay=overlay)
+        assert second.returncode == 0, output(second)
+        assert recap(second.stdout)["pve1"]["changed"] == 0
+        assert not restarted.exists(), "a container was restarted although its config did not change"
+    finally:
+        removed = deployment.run("teardown.yml", "-e", "confirm=yes", overlay=overlay)
+    assert removed.returncode == 0, output(removed)
