@@ -17,9 +17,10 @@ HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 setup: $(STAMP)
 
 # Re-installs only when a pin or the package metadata changed; the package itself is editable.
-$(STAMP): payload/requirements.txt tests/requirements.txt payload/pyproject.toml
+$(STAMP): payload/requirements.txt tests/requirements.txt payload/pyproject.toml pulumi/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r pulumi/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e payload
 	touch $@
 

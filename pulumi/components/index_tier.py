@@ -1,0 +1,156 @@
+"""The index tier: Qdrant on a small standard (never spot) VM with its data on a persistent disk
+that is snapshotted on a schedule, and a reserved internal address (optionally an external one).
+
+Preemption never touches it, so the embedding tier can scale and churn freely. The disk outlives
+the VM (it is its own resource); its snapshots outlive the disk (KEEP_AUTO_SNAPSHOTS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_gcp as gcp
+
+from bundle_build import QDRANT_DATA_DEVICE
+from catalog import QDRANT_PORTS
+from config import Settings
+
+
+class IndexTier(pulumi.ComponentResource):
+    instance: gcp.compute.Instance
+    data_disk: gcp.compute.Disk
+    snapshot_policy: gcp.compute.ResourcePolicy
+    internal_address: gcp.compute.Address
+    external_address: gcp.compute.Address | None
+    endpoint: pulumi.Output[str]  # http://<reserved internal address>:6333
+    public_endpoint: pulumi.Output[str] | None
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        subnetwork: pulumi.Input[str],
+        service_account: pulumi.Input[str],
+        metadata: Mapping[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("embedstack:gcp:IndexTier", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        s = settings
+
+        self.internal_address = gcp.compute.Address(
+            f"{name}-internal",
+            description=f"embedstack {s.stack}: Qdrant's stable internal address",
+            region=s.region,
+            address_type="INTERNAL",
+            subnetwork=subnetwork,
+            labels=s.labels,
+            project=s.project,
+            opts=child,
+        )
+        self.external_address = None
+        if s.qdrant_public_ip:
+            self.external_address = gcp.compute.Address(
+                f"{name}-external",
+                description=f"embedstack {s.stack}: Qdrant's stable external address",
+                region=s.region,
+                address_type="EXTERNAL",
+                network_tier="PREMIUM",
+                labels=s.labels,
+                project=s.project,
+                opts=child,
+            )
+
+        self.data_disk = gcp.compute.Disk(
+            f"{name}-data",
+            description=f"embedstack {s.stack}: Qdrant storage and snapshots",
+            zone=s.zone,
+            size=s.qdrant_disk_gb,
+            type=s.qdrant_disk_type,
+            labels={**s.labels, "tier": "index"},
+            project=s.project,
+            opts=child,
+        )
+        hour = s.snapshot_start_time
+        self.snapshot_policy = gcp.compute.ResourcePolicy(
+            f"{name}-snapshots",
+            description=f"embedstack {s.stack}: daily snapshots of the Qdrant disk",
+            region=s.region,
+            snapshot_schedule_policy=gcp.compute.ResourcePolicySnapshotSchedulePolicyArgs(
+                schedule=gcp.compute.ResourcePolicySnapshotSchedulePolicyScheduleArgs(
+                    daily_schedule=gcp.compute.ResourcePolicySnapshotSchedulePolicyScheduleDailyScheduleArgs(
+                        days_in_cycle=1, start_time=hour
+                    )
+                ),
+                retention_policy=gcp.compute.ResourcePolicySnapshotSchedulePolicyRetentionPolicyArgs(
+                    max_retention_days=s.snapshot_retention_days,
+                    on_source_disk_delete="KEEP_AUTO_SNAPSHOTS",
+                ),
+                # Snapshots live in Cloud Storage in the stack's region, apart from the disk.
+                snapshot_properties=gcp.compute.ResourcePolicySnapshotSchedulePolicySnapshotPropertiesArgs(
+                    labels={**s.labels, "tier": "index"}, storage_locations=s.region, guest_flush=False
+                ),
+            ),
+            project=s.project,
+            opts=child,
+        )
+        gcp.compute.DiskResourcePolicyAttachment(
+            f"{name}-snapshots-attachment",
+            disk=self.data_disk.name,
+            name=self.snapshot_policy.name,
+            zone=s.zone,
+            project=s.project,
+            opts=child,
+        )
+
+        access = (
+            [gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.external_address.address)]
+            if self.external_address is not None
+            else []
+        )
+        self.instance = gcp.compute.Instance(
+            f"{name}-vm",
+            description=f"embedstack {s.stack}: Qdrant",
+            machine_type=s.qdrant_machine_type,
+            zone=s.zone,
+            scheduling=gcp.compute.InstanceSchedulingArgs(
+                provisioning_model="STANDARD",
+                preemptible=False,
+                automatic_restart=True,
+                on_host_maintenance="MIGRATE",
+            ),
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=s.qdrant_image, size=20, type="pd-balanced", labels=s.labels
+                ),
+            ),
+            attached_disks=[
+                gcp.compute.InstanceAttachedDiskArgs(
+                    source=self.data_disk.self_link, device_name=QDRANT_DATA_DEVICE, mode="READ_WRITE"
+                )
+            ],
+            network_interfaces=[
+                gcp.compute.InstanceNetworkInterfaceArgs(
+                    subnetwork=subnetwork, network_ip=self.internal_address.address, access_configs=access
+                )
+            ],
+            service_account=gcp.compute.InstanceServiceAccountArgs(email=service_account, scopes=["cloud-platform"]),
+            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
+            ),
+            metadata=dict(metadata),
+            # A machine-type change stops and starts the VM instead of failing the update.
+            allow_stopping_for_update=True,
+            labels={**s.labels, "tier": "index"},
+            project=s.project,
+            opts=child,
+        )
+        self.endpoint = pulumi.Output.concat("http://", self.internal_address.address, f":{QDRANT_PORTS[0]}")
+        self.public_endpoint = (
+            pulumi.Output.concat("http://", self.external_address.address, f":{QDRANT_PORTS[0]}")
+            if self.external_address is not None
+            else None
+        )
+        self.register_outputs({"endpoint": self.endpoint, "instance": self.instance.name})

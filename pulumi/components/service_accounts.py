@@ -1,0 +1,58 @@
+"""One service account per tier, each allowed to write logs and metrics and nothing else here.
+
+Reading the bundle is granted by BundleStore on its bucket only. Separate accounts let the
+firewall rules target a tier by identity (a network tag can be set by anyone who can edit a VM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pulumi
+import pulumi_gcp as gcp
+
+from config import Settings
+
+# Project roles the VMs need: the guest agent and Ops Agent write logs and metrics.
+PROJECT_ROLES: tuple[str, ...] = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+
+
+def account_id(stack: str, tier: str) -> str:
+    """A valid account id (6-30 chars, [a-z][-a-z0-9]*[a-z0-9]) naming stack and tier."""
+    base = "".join(c if c.isalnum() else "-" for c in f"es-{stack}".lower()).strip("-")
+    candidate = f"{base}-{tier}"
+    if len(candidate) > 30 or not candidate[0].isalpha():
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+        candidate = f"es-{digest}-{tier}"
+    return candidate
+
+
+class ServiceAccounts(pulumi.ComponentResource):
+    embedding: gcp.serviceaccount.Account
+    index: gcp.serviceaccount.Account
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("embedstack:gcp:ServiceAccounts", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        accounts: dict[str, gcp.serviceaccount.Account] = {}
+        for tier, purpose in (("embed", "spot GPU embedding tier (vLLM + gateway)"), ("index", "Qdrant index tier")):
+            account = gcp.serviceaccount.Account(
+                f"{name}-{tier}",
+                account_id=account_id(settings.stack, tier),
+                display_name=f"embedstack {settings.stack}: {purpose}",
+                description="Reads the embedstack bundle, writes logs and metrics.",
+                project=settings.project,
+                opts=child,
+            )
+            for role in PROJECT_ROLES:
+                gcp.projects.IAMMember(
+                    f"{name}-{tier}-{role.split('/')[1].replace('.', '-').lower()}",
+                    project=settings.project,
+                    role=role,
+                    member=account.email.apply(lambda email: f"serviceAccount:{email}"),
+                    opts=child,
+                )
+            accounts[tier] = account
+        self.embedding = accounts["embed"]
+        self.index = accounts["index"]
+        self.register_outputs({"embedding_email": self.embedding.email, "index_email": self.index.email})

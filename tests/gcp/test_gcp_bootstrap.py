@@ -1,0 +1,295 @@
+"""pulumi/bootstrap/startup.sh and shutdown.sh, run for real with bash and curl against the
+metadata and storage stand-ins (the documented test overrides point them there).
+
+`EMBEDSTACK_BOOTSTRAP_STOP_AFTER=fetch` stops after download and unpack; the full path runs
+ansible-playbook from this repository's venv with `--list-hosts --list-tasks`, which proves the
+one-host inventory, the group chosen by the tier and the variable files without changing this
+machine. The whole configure run inside a Debian 12 container is the end-to-end test's job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP = REPO / "pulumi" / "bootstrap" / "startup.sh"
+SHUTDOWN = REPO / "pulumi" / "bootstrap" / "shutdown.sh"
+VENV_BIN = Path(sys.executable).parent
+BUCKET = "es-bundles-test"
+OBJECT = "bundles/bundle-0123abcd.tar.gz"
+SECRET = "gw-key-7f3a9c0e1b2d4f6a8c0e"
+SECRETS = json.dumps({"embedding_service_api_keys": [SECRET], "qdrant_api_key": "q-" + SECRET})
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="startup.sh needs curl")
+
+
+def make_bundle(vars_yml: dict) -> bytes:
+    """The bundle as Pulumi uploads it: ansible.cfg, ansible/, roles/, inventories/gcp/, wheels/, vars.yml."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(REPO / "ansible.cfg", "ansible.cfg")
+        for folder in ("ansible", "roles", "inventories/gcp"):
+            tar.add(REPO / folder, folder)
+        info = tarfile.TarInfo("wheels/requirements.txt")
+        data = b"# the payload's pins\n"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        text = yaml.safe_dump(vars_yml).encode()
+        info = tarfile.TarInfo("vars.yml")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    return buffer.getvalue()
+
+
+VARS = {
+    "firewall_admin_cidrs": ["203.0.113.0/24"],
+    "embedstack_client_cidrs": ["198.51.100.0/24"],
+    "vllm_model": "Qwen/Qwen3-Embedding-0.6B",
+}
+
+
+@pytest.fixture
+def deployment(metadata, gcs, tmp_path):
+    """Metadata and bucket as the Pulumi program sets them up for an embedding VM."""
+    gcs.readable_buckets = {BUCKET}
+    gcs.put_object(BUCKET, OBJECT, make_bundle(VARS))
+    metadata.set_attribute("embedstack-bundle", f"gs://{BUCKET}/{OBJECT}")
+    metadata.set_attribute("embedstack-tier", "embedding")
+    metadata.set_attribute("embedstack-secrets", SECRETS)
+    return metadata, gcs
+
+
+def run_startup(metadata, gcs, tmp_path: Path, stop_after: str = "fetch", **extra: str) -> subprocess.CompletedProcess:
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {
+        "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path / "tmp"),
+        "EMBEDSTACK_METADATA_URL": metadata.url,
+        "EMBEDSTACK_STORAGE_URL": gcs.url,
+        "EMBEDSTACK_BOOTSTRAP_ROOT": str(tmp_path / "opt"),
+        "EMBEDSTACK_BOOTSTRAP_SECRETS_DIR": str(tmp_path / "etc" / "bootstrap"),
+        "EMBEDSTACK_BOOTSTRAP_STOP_AFTER": stop_after,
+        # The serial console is a file here; stdout counts as journald, so logger stays out of it.
+        "EMBEDSTACK_BOOTSTRAP_CONSOLE": str(tmp_path / "console"),
+        "JOURNAL_STREAM": "test",
+        **extra,
+    }
+    (tmp_path / "console").touch()
+    return subprocess.run(["bash", str(STARTUP)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def bundle_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in (tmp_path / "opt" / "bundle").iterdir() if re.fullmatch(r"[0-9a-f]{16}", p.name))
+
+
+@pytest.mark.parametrize("script", [STARTUP, SHUTDOWN], ids=lambda p: p.name)
+def test_scripts_parse_and_pass_shellcheck_when_available(script):
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert os.access(script, os.X_OK)
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_the_pinned_ansible_matches_the_test_requirements():
+    pins = dict(
+        line.split("==") for line in (REPO / "tests" / "requirements.txt").read_text().splitlines() if "==" in line
+    )
+    text = STARTUP.read_text()
+    assert f'ANSIBLE_CORE_VERSION="{pins["ansible-core"]}"' in text
+    assert f'ANSIBLE_VERSION="{pins["ansible"]}"' in text
+
+
+def test_fetch_downloads_with_the_metadata_token_and_unpacks(deployment, tmp_path):
+    metadata, gcs = deployment
+    result = run_startup(metadata, gcs, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [bundle] = bundle_dirs(tmp_path)
+    assert (bundle / "ansible" / "site.yml").is_file()
+    assert (bundle / "roles" / "preemption" / "tasks" / "main.yml").is_file()
+    assert (bundle / "inventories" / "gcp" / "group_vars" / "embedding.yml").is_file()
+    assert (bundle / ".complete").exists()
+    assert (tmp_path / "opt" / "bundle" / "current").resolve() == bundle
+    assert gcs.downloads == [OBJECT]  # the slash in the object name went URL-encoded
+    # The log reaches the console and stdout; the token's header file is gone.
+    assert "unpacked at" in (tmp_path / "console").read_text()
+    assert "stopping after fetch" in result.stdout
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_secrets_land_in_a_0600_file_and_never_in_the_log(deployment, tmp_path):
+    metadata, gcs = deployment
+    result = run_startup(metadata, gcs, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    secrets_dir = tmp_path / "etc" / "bootstrap"
+    secrets_file = secrets_dir / "secrets.yml"
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert yaml.safe_load(secrets_file.read_text())["embedding_service_api_keys"] == [SECRET]
+    for output in (result.stdout, result.stderr, (tmp_path / "console").read_text()):
+        assert SECRET not in output
+
+
+def test_a_second_boot_reuses_the_unpacked_bundle(deployment, tmp_path):
+    metadata, gcs = deployment
+    assert run_startup(metadata, gcs, tmp_path).returncode == 0
+    again = run_startup(metadata, gcs, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already unpacked" in again.stdout
+    assert gcs.downloads == [OBJECT]
+    assert len(bundle_dirs(tmp_path)) == 1
+
+
+def test_a_new_bundle_object_is_fetched_and_becomes_current(deployment, tmp_path):
+    metadata, gcs = deployment
+    assert run_startup(metadata, gcs, tmp_path).returncode == 0
+    gcs.put_object(BUCKET, "bundles/bundle-next.tar.gz", make_bundle({**VARS, "vllm_max_model_len": 4096}))
+    metadata.set_attribute("embedstack-bundle", f"gs://{BUCKET}/bundles/bundle-next.tar.gz")
+    assert run_startup(metadata, gcs, tmp_path).returncode == 0
+    assert len(bundle_dirs(tmp_path)) == 2
+    current = (tmp_path / "opt" / "bundle" / "current").resolve()
+    assert yaml.safe_load((current / "vars.yml").read_text())["vllm_max_model_len"] == 4096
+
+
+def test_a_metadata_server_slow_to_come_up_is_retried(deployment, tmp_path):
+    metadata, gcs = deployment
+    metadata.fail_next(2, 503)
+    result = run_startup(metadata, gcs, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answered 503" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"embedstack-bundle": "https://example.com/b.tar.gz"}, "must be gs://"),
+        ({"embedstack-tier": "gpu"}, "embedstack-tier must be embedding or index"),
+        ({"embedstack-bundle": f"gs://{BUCKET}/bundles/missing.tar.gz"}, "HTTP 404"),
+        ({"embedstack-bundle": "gs://another-bucket/b.tar.gz"}, "HTTP 403"),
+    ],
+)
+def test_bad_metadata_or_an_unreadable_object_fails_with_a_message(deployment, tmp_path, change, message):
+    metadata, gcs = deployment
+    for key, value in change.items():
+        metadata.set_attribute(key, value)
+    result = run_startup(metadata, gcs, tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout
+    assert not (tmp_path / "opt" / "bundle" / "current").exists()
+
+
+def test_missing_secrets_are_an_empty_mapping(deployment, tmp_path):
+    metadata, gcs = deployment
+    metadata.state.attributes.discard("embedstack-secrets")
+    metadata.state.values.pop("instance/attributes/embedstack-secrets")
+    result = run_startup(metadata, gcs, tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert yaml.safe_load((tmp_path / "etc" / "bootstrap" / "secrets.yml").read_text()) == {}
+
+
+@pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
+@pytest.mark.parametrize(("tier", "group"), [("embedding", "embedding"), ("index", "qdrant")])
+def test_the_playbook_runs_the_tier_plays_on_a_one_host_local_inventory(deployment, tmp_path, tier, group):
+    metadata, gcs = deployment
+    metadata.set_attribute("embedstack-tier", tier)
+    result = run_startup(
+        metadata,
+        gcs,
+        tmp_path,
+        stop_after="",
+        EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV=str(VENV_BIN.parent),
+        EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS="--list-hosts --list-tasks",
+        EMBEDSTACK_BOOTSTRAP_NO_DATA_DISK="1",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    plays = re.findall(r"play #\d+ \((\S+)\): (.+?)\s+TAGS.*?\n\s+pattern:.*?\n\s+hosts \((\d+)\)", result.stdout)
+    matched = {pattern: int(count) for pattern, _, count in plays}
+    assert matched["embedding:qdrant"] == 1
+    assert matched[group] == 1
+    assert matched["qdrant" if group == "embedding" else "embedding"] == 0
+    if "preemption" in (REPO / "ansible" / "site.yml").read_text():  # the line the lead adds
+        [embedding_play] = [p for p in result.stdout.split("play #") if "pattern: ['embedding']" in p]
+        assert "preemption : " in embedding_play
+    # The one-host inventory with the bundle's group_vars, vars.yml and the secrets as extra vars.
+    inventory = tmp_path / "opt" / "run" / "inventory" / "hosts.yml"
+    host = next(iter(yaml.safe_load(inventory.read_text())["all"]["children"]["gcp"]["children"][group]["hosts"]))
+    bundle = (tmp_path / "opt" / "bundle" / "current").resolve()
+    cmd = [
+        str(VENV_BIN / "ansible"),
+        host,
+        "-i",
+        str(inventory),
+        "-e",
+        f"@{bundle / 'vars.yml'}",
+        "-e",
+        f"@{tmp_path / 'etc' / 'bootstrap' / 'secrets.yml'}",
+        "-m",
+        "ansible.builtin.debug",
+        "-a",
+        "msg={{ {'clients': firewall_client_cidrs, 'ports': firewall_client_tcp_ports, "
+        "'engine': embedding_service_engine | default(''), 'preempt': embedstack_preemption | default(false), "
+        "'data': qdrant_storage_path | default('')} | to_json }}",
+    ]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(bundle / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    shown = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=bundle)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    values = json.loads(re.search(r'"msg": "(.*)"', shown.stdout).group(1).replace('\\"', '"'))
+    if group == "embedding":
+        assert values["engine"] == "upstream" and values["preempt"] is True and values["ports"] == [8080]
+        assert "198.51.100.0/24" in values["clients"] and "35.191.0.0/16" in values["clients"]
+    else:
+        assert values["ports"] == [6333, 6334] and values["clients"] == ["198.51.100.0/24"]
+        assert values["data"].startswith("/mnt/disks/qdrant-data/")
+
+
+# -- shutdown.sh ------------------------------------------------------------------------------------
+
+
+def run_shutdown(tmp_path: Path, env_file: Path) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": os.environ["PATH"],
+        "EMBEDSTACK_PREEMPT_ENV_FILE": str(env_file),
+        "EMBEDSTACK_PREEMPT_CLI": str(VENV_BIN / "embedstack"),
+        "EMBEDSTACK_BOOTSTRAP_CONSOLE": "/dev/null",
+    }
+    return subprocess.run(["bash", str(SHUTDOWN)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_shutdown_script_drains_with_the_watcher_settings(tmp_path):
+    steps = tmp_path / "steps"
+    script = tmp_path / "stop-gateway"
+    script.write_text(f"#!/bin/sh\necho gateway >> {steps}\n")
+    script.chmod(0o755)
+    action = [str(script)]
+    env_file = tmp_path / "embedstack-preempt"
+    # The same format the preemption role writes (a systemd EnvironmentFile that bash can source).
+    env_file.write_text(
+        "EMBEDSTACK_PREEMPT_METADATA_URL=http://127.0.0.1:1\n"
+        "EMBEDSTACK_PREEMPT_BUDGET_SECONDS=10\n"
+        f"EMBEDSTACK_PREEMPT_ACTIONS='{json.dumps([action])}'\n"
+    )
+    result = run_shutdown(tmp_path, env_file)
+    assert result.returncode == 0, result.stdout
+    assert steps.read_text() == "gateway\n"
+    assert '"reason": "shutdown-script"' in result.stdout
+    # A second run (the watcher already drained) is harmless.
+    assert run_shutdown(tmp_path, env_file).returncode == 0
+
+
+def test_shutdown_script_is_a_no_op_without_the_preemption_role(tmp_path):
+    result = run_shutdown(tmp_path, tmp_path / "absent")
+    assert result.returncode == 0
+    assert "nothing to drain" in result.stdout
