@@ -20,7 +20,7 @@ from catalog import DISK_TYPES, GPUS, MODELS, QDRANT_MACHINE_FAMILIES, Gpu, Mode
 
 NAMESPACE = "embedstack"
 MAX_TARGET_SIZE = 10
-DEFAULT_IMAGE_FAMILY = "common-cu128-ubuntu-2204-nvidia-570"
+DEFAULT_IMAGE_FAMILY = "common-cu128-ubuntu-2404-nvidia-570"
 
 # Every plain (non-secret) key with its default; None means required.
 DEFAULTS: dict[str, Any] = {

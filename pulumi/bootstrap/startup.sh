@@ -251,7 +251,7 @@ install_ansible() {
     fi
     # ansible-core 2.19 needs Python 3.11 on the controller, which here is the VM itself.
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-        die "python3 is $(python3 -V 2>&1); ansible-core $ANSIBLE_CORE_VERSION needs 3.11 (use a Debian 12 based image)"
+        die "python3 is $(python3 -V 2>&1); ansible-core $ANSIBLE_CORE_VERSION needs 3.11 (use a Debian 12 or Ubuntu 24.04 based image family)"
     wanted=("ansible-core==$ANSIBLE_CORE_VERSION")
     [[ -d "$BUNDLE_DIR/collections/ansible_collections" ]] || wanted+=("ansible==$ANSIBLE_VERSION")
     if [[ -x "$ANSIBLE_VENV/bin/ansible-playbook" ]] &&
