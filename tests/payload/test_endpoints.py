@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import API_KEY, MODEL
+from gateway_process import API_KEY, MODEL
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-from conftest import API_KEY, MODEL
+from gateway_process import API_KEY, MODEL
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

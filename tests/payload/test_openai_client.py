@@ -8,7 +8,7 @@ import json
 import numpy as np
 import openai
 import pytest
-from conftest import API_KEY, MODEL
+from gateway_process import API_KEY, MODEL
 
 CODE = [
     "def read_config(path):\n    with open(path) as f:\n        return yaml.safe_load(f)",

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
-from conftest import MODEL
+from gateway_process import MODEL
 
 
 def models_file(tmp_path, upstreams: list[str], **overrides) -> str:
