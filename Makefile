@@ -48,6 +48,9 @@ test: lint ansible-lint host-packages
 	$(MAKE) molecule
 	# The Proxmox API stand-in boots real containers from the base image molecule built.
 	$(ANSIBLE_ENV) $(BIN)/pytest tests/proxmox
+	# A GCP spot VM as a real container: bootstrap from the metadata and storage stand-ins, preemption
+	# under load, recreation. -s prints the measured times.
+	$(ANSIBLE_ENV) $(BIN)/pytest -s tests/gcp_container
 
 # The main job: containers from inventories/lab, the site.yml configure plays, then health.
 lab: setup wheelhouse

@@ -2,22 +2,22 @@
 # embedstack shutdown-script: GCE runs it, best effort, on preemption and on stop/delete.
 #
 # It drains the embedding tier the way embedstack-preempt.service does, with the same settings
-# (/etc/embedstack/preempt.env, written by the preemption role): stop the gateway first (SIGTERM:
+# (/etc/default/embedstack-preempt, written by the preemption role): stop the gateway first (SIGTERM:
 # /ready turns 503 at once, accepted requests finish, the process exits 0), then vLLM, inside the
 # ~30 s preemption window. It is idempotent: if the watcher already drained, `systemctl stop` on
 # a stopping or stopped unit only waits for it or does nothing. On the index tier, and on hosts
 # the preemption role never touched, it does nothing.
 #
 # Environment overrides, for tests only:
-#   EMBEDSTACK_PREEMPT_ENV_FILE   settings file instead of /etc/embedstack/preempt.env
+#   EMBEDSTACK_PREEMPT_ENV_FILE   settings file instead of /etc/default/embedstack-preempt
 #   EMBEDSTACK_BOOTSTRAP_CONSOLE  console device instead of /dev/ttyS0 (/dev/null: none)
 set -uo pipefail
 
-readonly ENV_FILE="${EMBEDSTACK_PREEMPT_ENV_FILE:-/etc/embedstack/preempt.env}"
+readonly ENV_FILE="${EMBEDSTACK_PREEMPT_ENV_FILE:-/etc/default/embedstack-preempt}"
 readonly CONSOLE="${EMBEDSTACK_BOOTSTRAP_CONSOLE:-/dev/ttyS0}"
 readonly EMBEDSTACK="${EMBEDSTACK_PREEMPT_CLI:-/opt/embedstack/venv/bin/embedstack}"
 
-if [[ "$CONSOLE" != /dev/null ]] && { : >>"$CONSOLE"; } 2>/dev/null; then
+if [[ "$CONSOLE" != /dev/null && ( -c "$CONSOLE" || -f "$CONSOLE" ) && -w "$CONSOLE" ]]; then  # never create one
     exec > >(tee -a "$CONSOLE" 2>/dev/null) 2>&1
 else
     exec 2>&1

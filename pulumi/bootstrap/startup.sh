@@ -53,7 +53,7 @@ setup_logging() {
     # Console and journald. Under google-startup-scripts.service stdout already goes to the
     # journal (JOURNAL_STREAM is set), so logger is only added when it does not.
     local sinks=()
-    if [[ "$CONSOLE" != /dev/null ]] && { : >>"$CONSOLE"; } 2>/dev/null; then
+    if [[ "$CONSOLE" != /dev/null && ( -c "$CONSOLE" || -f "$CONSOLE" ) && -w "$CONSOLE" ]]; then  # never create one
         sinks+=("$CONSOLE")
     fi
     if [[ -z "${JOURNAL_STREAM:-}" ]] && command -v logger >/dev/null 2>&1 && [[ -S /dev/log ]]; then

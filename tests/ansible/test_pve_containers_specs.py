@@ -1,19 +1,47 @@
 """The pve_containers role turns inventory hosts into container specs and refuses vmids that are not
-embedstack's. These are its filters, called directly: a bad inventory must fail naming the variable,
-the host and what is allowed, before the play reaches the Proxmox VE API."""
+embedstack's. These are its filters: a bad inventory must fail naming the variable, the host and what
+is allowed, before the play reaches the Proxmox VE API.
+
+Each call runs in a child interpreter: importing ansible patches sys.intern process-wide, which
+torch's compiler then trips over in the payload tests that share this pytest process."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PLUGIN = Path(__file__).parents[2] / "roles/pve_containers/filter_plugins/pve_containers.py"
-spec = importlib.util.spec_from_file_location("pve_containers_filters", PLUGIN)
-filters = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(filters)
-AnsibleFilterError = pytest.importorskip("ansible.errors").AnsibleFilterError
+CALL = f"""
+import importlib.util, json, sys
+from ansible.errors import AnsibleFilterError
+spec = importlib.util.spec_from_file_location("pve_containers_filters", {str(PLUGIN)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+name, args = json.load(sys.stdin)
+try:
+    print(json.dumps({{"result": getattr(module, name)(*args)}}))
+except AnsibleFilterError as e:
+    print(json.dumps({{"error": str(e)}}))
+"""
+
+
+class AnsibleFilterError(Exception):
+    """What the filter raised in the child interpreter."""
+
+
+def call(name: str, *args):
+    proc = subprocess.run(
+        [sys.executable, "-c", CALL], input=json.dumps([name, args]), capture_output=True, text=True, check=True
+    )
+    answer = json.loads(proc.stdout)
+    if "error" in answer:
+        raise AnsibleFilterError(answer["error"])
+    return answer["result"]
+
 
 DEFAULTS = {
     "vmid": "",
@@ -34,7 +62,7 @@ DEFAULTS = {
 
 
 def specs(**hosts):
-    return filters.pve_containers_specs(list(hosts), hosts, DEFAULTS)
+    return call("pve_containers_specs", list(hosts), hosts, DEFAULTS)
 
 
 def test_a_container_takes_its_own_settings_over_the_nodes():
@@ -102,7 +130,7 @@ def test_only_our_tagged_container_with_our_name_counts_as_ours():
             "es-qdrant": {"ansible_host": "192.168.1.51", "pve_containers_vmid": 251},
         }
     )
-    match = filters.pve_containers_match(ours, [guest(250, "es-embed", "backup;embedstack")], "pve", "embedstack")
+    match = call("pve_containers_match", ours, [guest(250, "es-embed", "backup;embedstack")], "pve", "embedstack")
     assert match["problems"] == []
     assert [(c["hostname"], c["exists"], c["running"]) for c in match["containers"]] == [
         ("es-embed", True, True),
@@ -125,14 +153,14 @@ def test_only_our_tagged_container_with_our_name_counts_as_ours():
 )
 def test_a_vmid_that_is_not_ours_is_a_problem(resources, problem):
     ours = specs(**{"es-embed": {"ansible_host": "192.168.1.50", "pve_containers_vmid": 250}})
-    assert any(problem in p for p in filters.pve_containers_match(ours, resources, "pve", "embedstack")["problems"])
+    assert any(problem in p for p in call("pve_containers_match", ours, resources, "pve", "embedstack")["problems"])
 
 
 def test_containers_belong_to_the_first_node_unless_they_name_another():
     hostvars = {"a": {}, "b": {"pve_containers_node_host": "pve2"}, "c": {"pve_containers_node_host": "pve9"}}
-    assert filters.pve_containers_on(["a", "b"], hostvars, "pve1", ["pve1", "pve2"]) == ["a"]
-    assert filters.pve_containers_on(["a", "b"], hostvars, "pve2", ["pve1", "pve2"]) == ["b"]
+    assert call("pve_containers_on", ["a", "b"], hostvars, "pve1", ["pve1", "pve2"]) == ["a"]
+    assert call("pve_containers_on", ["a", "b"], hostvars, "pve2", ["pve1", "pve2"]) == ["b"]
     with pytest.raises(
         AnsibleFilterError, match="pve_containers_node_host of c is 'pve9', not a host of the pve group"
     ):
-        filters.pve_containers_on(["c"], hostvars, "pve1", ["pve1", "pve2"])
+        call("pve_containers_on", ["c"], hostvars, "pve1", ["pve1", "pve2"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,3 +122,11 @@ def test_the_watcher_unit_passes_systemd_analyze_verify(rendered):
         if "embedstack-preempt.service" in line and "Failed to" not in line
     ]
     assert not problems, result.stdout + result.stderr
+
+
+def test_the_shutdown_script_reads_the_settings_file_the_role_writes():
+    """The shutdown-script drains with the watcher's settings; without them it does nothing."""
+    script = (REPO / "pulumi/bootstrap/shutdown.sh").read_text()
+    default = re.search(r'ENV_FILE="\$\{EMBEDSTACK_PREEMPT_ENV_FILE:-([^}]+)\}"', script).group(1)
+    role = yaml.safe_load((REPO / "roles/preemption/defaults/main.yml").read_text())
+    assert default == role["preemption_env_file"]

@@ -12,6 +12,7 @@ and keep every registration for the tests to inspect.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
 import sys
@@ -149,6 +150,10 @@ def _text(value: Any) -> str:
 
 def run_program(stack: str, config: Mapping[str, Any], secret_keys: tuple[str, ...] = ()) -> StackRun:
     """Run pulumi/__main__.py as stack `stack` with `config` (namespaced keys → values)."""
+    # pulumi.runtime.test runs on the thread's current event loop, which earlier tests in the same
+    # process (asyncio, anyio) may have closed or unset: give each run its own.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="embedstack", stack=stack, preview=False)
     pulumi.runtime.set_all_config({k: _text(v) for k, v in config.items()}, list(secret_keys))
@@ -163,4 +168,6 @@ def run_program(stack: str, config: Mapping[str, Any], secret_keys: tuple[str, .
         program()
     finally:
         pulumi.runtime.set_all_config({}, [])
+        asyncio.set_event_loop(None)
+        loop.close()
     return run
