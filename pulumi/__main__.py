@@ -17,6 +17,7 @@ import bundle_build
 import config
 from catalog import QDRANT_PORTS
 from components import BundleStore, EmbeddingTier, IndexTier, Network, ServiceAccounts
+from components.snapshots import SnapshotStore
 
 PROGRAM_DIR = Path(__file__).resolve().parent
 BOOTSTRAP_DIR = PROGRAM_DIR / "bootstrap"
@@ -63,6 +64,9 @@ def main() -> dict[str, object]:
     store = BundleStore(
         f"{prefix}-bundle", settings, bundle, tarball, readers=[accounts.embedding.email, accounts.index.email]
     )
+    # Qdrant's own snapshots, uploaded by the index VM (role qdrant_snapshots) to the bucket that
+    # vars.yml names; the disk snapshot schedule stays in IndexTier.
+    snapshots = SnapshotStore(f"{prefix}-qdrant-snapshots", settings, writer=accounts.index.email)
 
     # Metadata the bootstrap reads (pulumi/bootstrap/startup.sh). Secrets ride in
     # embedstack-secrets, per tier, as a Pulumi secret: encrypted in the stack state and never
@@ -134,6 +138,7 @@ def main() -> dict[str, object]:
         "gateway_api_key": gateway_key,
         "qdrant_api_key": qdrant_key,
         "bundle_url": store.url,
+        "qdrant_snapshots_bucket": pulumi.Output.concat("gs://", snapshots.bucket.name),
         "instance_group": embedding.group.name,
         "index_instance": index.instance.name,
         "ssh_commands": {

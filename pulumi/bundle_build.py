@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from catalog import IAP_RANGE
-from config import Settings
+from config import Settings, label_value
 
 REPO = Path(__file__).resolve().parent.parent
 # 1980-01-01T00:00:00Z: the earliest time a zip entry (the wheel) can carry.
@@ -160,6 +160,16 @@ def wheel_version(wheel_name: str) -> str:
 # --- variables rendered from the config -------------------------------------------------------
 
 
+def snapshot_bucket_name(settings: Settings) -> str:
+    """The Qdrant snapshot bucket's global name, fixed by project and stack (3-63 characters of
+    [a-z0-9_-], starting and ending alphanumeric), so vars.yml can name it before it exists."""
+    stack = label_value(settings.stack).strip("-_") or "default"
+    name = f"{settings.project}-{stack}-qdrant-snapshots"
+    if len(name) > 63:
+        name = f"{settings.project}-{hashlib.sha256(settings.stack.encode()).hexdigest()[:8]}-qdrant-snapshots"
+    return name
+
+
 def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
     """vars.yml: the stack's non-secret settings, as extra vars for both tiers.
 
@@ -196,6 +206,8 @@ def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
         # The index tier: the Qdrant release to install.
         "qdrant_deb_url": settings.qdrant_deb_url,
         "qdrant_deb_sha256": settings.qdrant_deb_sha256,
+        # ...and the bucket its Qdrant snapshots go to (role qdrant_snapshots; components/snapshots.py).
+        "qdrant_snapshots_bucket": snapshot_bucket_name(settings),
     }
 
 

@@ -1,6 +1,7 @@
 """One service account per tier, each allowed to write logs and metrics and nothing else here.
 
-Reading the bundle is granted by BundleStore on its bucket only. Separate accounts let the
+Reading the bundle is granted by BundleStore on its bucket only; the index tier's account may
+also create objects in the Qdrant snapshot bucket (SnapshotStore). Separate accounts let the
 firewall rules target a tier by identity (a network tag can be set by anyone who can edit a VM).
 """
 
@@ -15,6 +16,10 @@ from config import Settings
 
 # Project roles the VMs need: the guest agent and Ops Agent write logs and metrics.
 PROJECT_ROLES: tuple[str, ...] = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+DESCRIPTIONS: dict[str, str] = {
+    "embed": "Reads the embedstack bundle, writes logs and metrics.",
+    "index": "Reads the embedstack bundle, writes logs, metrics and Qdrant snapshots.",
+}
 
 
 def account_id(stack: str, tier: str) -> str:
@@ -40,7 +45,7 @@ class ServiceAccounts(pulumi.ComponentResource):
                 f"{name}-{tier}",
                 account_id=account_id(settings.stack, tier),
                 display_name=f"embedstack {settings.stack}: {purpose}",
-                description="Reads the embedstack bundle, writes logs and metrics.",
+                description=DESCRIPTIONS[tier],
                 project=settings.project,
                 opts=child,
             )

@@ -9,6 +9,11 @@ object:
   GET /storage/v1/b/<bucket>/o/<url-encoded object>                       its metadata (storage#object)
   GET /download/storage/v1/b/<bucket>/o/<url-encoded object>?alt=media   the mediaLink form
 
+and the one call the Qdrant snapshot upload makes (.../storage/docs/json_api/v1/objects/insert):
+
+  POST /upload/storage/v1/b/<bucket>/o?uploadType=media&name=<url-encoded object>
+       body: the object's bytes; answers the new object's resource (storage#object)
+
 As documented: the object name is one URL-encoded path segment (`a/b.tar.gz` is `a%2Fb.tar.gz`);
 a request needs `Authorization: Bearer <token>`; errors are JSON
 `{"error": {"code", "message", "errors": [{"message", "domain", "reason", ...}]}}`: 401 without
@@ -98,28 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         name = urllib.parse.unquote(parts[6])
         query = dict(urllib.parse.parse_qsl(url.query))
 
-        auth = self.headers.get("Authorization", "")
-        if not auth:
-            self._error(
-                401,
-                "Anonymous caller does not have storage.objects.get access to the Google Cloud Storage object. "
-                "Permission 'storage.objects.get' denied on resource (or it may not exist).",
-                "required",
-                locationType="header",
-                location="Authorization",
-            )
-            return
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not standin.token_check(token.strip()):
-            self._error(401, "Invalid Credentials", "authError", locationType="header", location="Authorization")
-            return
-        if standin.readable_buckets is not None and bucket not in standin.readable_buckets:
-            self._error(
-                403,
-                f"{standin.service_account} does not have storage.objects.get access to the Google Cloud Storage "
-                f"object. Permission 'storage.objects.get' denied on resource (or it may not exist).",
-                "forbidden",
-            )
+        if not self._authorized("storage.objects.get", bucket, standin.readable_buckets):
             return
         with standin.lock:
             objects = standin.buckets.get(bucket)
@@ -151,35 +135,87 @@ class _Handler(BaseHTTPRequestHandler):
         if query.get("alt", "json") != "json":
             self._error(400, f"Invalid value for alt: {query['alt']}", "invalidParameter", location="alt")
             return
-        quoted_bucket, quoted_name = urllib.parse.quote(bucket, safe=""), urllib.parse.quote(name, safe="")
-        base = standin.url
-        self._json(
-            200,
-            {
-                "kind": "storage#object",
-                "id": f"{bucket}/{name}/{obj.generation}",
-                "selfLink": f"{base}/storage/v1/b/{quoted_bucket}/o/{quoted_name}",
-                "mediaLink": f"{base}/download/storage/v1/b/{quoted_bucket}/o/{quoted_name}"
-                f"?generation={obj.generation}&alt=media",
-                "name": name,
-                "bucket": bucket,
-                "generation": str(obj.generation),
-                "metageneration": "1",
-                "contentType": obj.content_type,
-                "storageClass": "STANDARD",
-                "size": str(len(obj.data)),
-                "md5Hash": obj.md5,
-                "etag": f"CK{obj.generation}=",
-                "timeCreated": _rfc3339(obj.created),
-                "updated": _rfc3339(obj.created),
-            },
-            {"ETag": headers["ETag"]},
-        )
+        self._json(200, standin.resource(bucket, name, obj), {"ETag": headers["ETag"]})
+
+    def _authorized(self, permission: str, bucket: str, allowed: set[str] | None) -> bool:
+        """Google's 401/403 answers; True when the Bearer token is valid for `bucket`."""
+        auth = self.headers.get("Authorization", "")
+        if not auth:
+            self._error(
+                401,
+                f"Anonymous caller does not have {permission} access to the Google Cloud Storage object. "
+                f"Permission '{permission}' denied on resource (or it may not exist).",
+                "required",
+                locationType="header",
+                location="Authorization",
+            )
+            return False
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not self.standin.token_check(token.strip()):
+            self._error(401, "Invalid Credentials", "authError", locationType="header", location="Authorization")
+            return False
+        if allowed is not None and bucket not in allowed:
+            self._error(
+                403,
+                f"{self.standin.service_account} does not have {permission} access to the Google Cloud Storage "
+                f"object. Permission '{permission}' denied on resource (or it may not exist).",
+                "forbidden",
+            )
+            return False
+        return True
 
     def do_POST(self) -> None:
+        """Simple (media) upload: POST /upload/storage/v1/b/<bucket>/o?uploadType=media&name=<name>
+        (https://cloud.google.com/storage/docs/uploading-objects#uploading-an-object, JSON API)."""
+        standin = self.standin
+        with standin.lock:
+            standin.requests += 1
+        url = urllib.parse.urlsplit(self.path)
+        parts = url.path.split("/")
+        length = self.headers.get("Content-Length")
+        # The body is read first, so an error answer never leaves the client blocked mid-send.
+        body = self.rfile.read(int(length)) if length and length.isdigit() else b""
+        # ['', 'upload', 'storage', 'v1', 'b', <bucket>, 'o']
+        if len(parts) != 7 or parts[1:5] != ["upload", "storage", "v1", "b"] or parts[6] != "o":
+            self._error(405, "Method not allowed by the stand-in", "methodNotAllowed")
+            return
+        if length is None or not length.isdigit():
+            self._error(411, "Length Required", "required", locationType="header", location="Content-Length")
+            return
+        bucket = urllib.parse.unquote(parts[5])
+        query = dict(urllib.parse.parse_qsl(url.query))
+        if query.get("uploadType") != "media":
+            self._error(400, f"Invalid upload type: {query.get('uploadType')!r}", "invalidParameter")
+            return
+        name = query.get("name", "")
+        if not name:
+            self._error(400, "Required parameter: name", "required", locationType="parameter", location="name")
+            return
+        if not self._authorized("storage.objects.create", bucket, standin.writable_buckets):
+            return
+        with standin.lock:
+            if bucket not in standin.buckets:
+                missing = True
+            else:
+                missing = False
+                standin._generation += 1
+                obj = StoredObject(
+                    body,
+                    self.headers.get("Content-Type", "application/octet-stream"),
+                    standin._generation,
+                    time.time(),
+                )
+                standin.buckets[bucket][name] = obj
+                standin.uploads.append(name)
+        if missing:
+            self._error(404, "The specified bucket does not exist.", "notFound")
+            return
+        self._json(200, standin.resource(bucket, name, obj))
+
+    def do_PUT(self) -> None:
         self._error(405, "Method not allowed by the stand-in", "methodNotAllowed")
 
-    do_PUT = do_DELETE = do_POST
+    do_DELETE = do_PUT
 
 
 class GcsStandin:
@@ -192,14 +228,17 @@ class GcsStandin:
         bind: str = "127.0.0.1",
         port: int = 0,
         readable_buckets: set[str] | None = None,
+        writable_buckets: set[str] | None = None,
         service_account: str = "embedstack-vm@embedstack-test.iam.gserviceaccount.com",
     ):
         self.token_check = token_check
         self.readable_buckets = readable_buckets
+        self.writable_buckets = writable_buckets
         self.service_account = service_account
         self.lock = threading.Lock()
         self.buckets: dict[str, dict[str, StoredObject]] = {}
         self.downloads: list[str] = []
+        self.uploads: list[str] = []
         self.requests = 0
         self._generation = 1700000000000000
         handler = type("Handler", (_Handler,), {"standin": self})
@@ -211,6 +250,28 @@ class GcsStandin:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def resource(self, bucket: str, name: str, obj: StoredObject) -> dict[str, str]:
+        """The storage#object resource, as objects.get and the uploads answer it."""
+        quoted_bucket, quoted_name = urllib.parse.quote(bucket, safe=""), urllib.parse.quote(name, safe="")
+        return {
+            "kind": "storage#object",
+            "id": f"{bucket}/{name}/{obj.generation}",
+            "selfLink": f"{self.url}/storage/v1/b/{quoted_bucket}/o/{quoted_name}",
+            "mediaLink": f"{self.url}/download/storage/v1/b/{quoted_bucket}/o/{quoted_name}"
+            f"?generation={obj.generation}&alt=media",
+            "name": name,
+            "bucket": bucket,
+            "generation": str(obj.generation),
+            "metageneration": "1",
+            "contentType": obj.content_type,
+            "storageClass": "STANDARD",
+            "size": str(len(obj.data)),
+            "md5Hash": obj.md5,
+            "etag": f"CK{obj.generation}=",
+            "timeCreated": _rfc3339(obj.created),
+            "updated": _rfc3339(obj.created),
+        }
 
     def create_bucket(self, bucket: str) -> None:
         with self.lock:

@@ -102,6 +102,9 @@ def test_rendered_variables_hold_the_stack_values(stack_run: StackRun) -> None:
     assert wheel == f"wheels/embedstack-{stack_vars['embedding_service_version']}-py3-none-any.whl"
     assert stack_vars["qdrant_deb_url"] == USER_CONFIG["embedstack:qdrant_deb_url"]
     assert stack_vars["qdrant_deb_sha256"] == USER_CONFIG["embedstack:qdrant_deb_sha256"]
+    # The bucket the index VM uploads Qdrant snapshots to is the one the program creates.
+    bucket = stack_run.one("gcp:storage/bucket:Bucket", "-qdrant-snapshots")
+    assert stack_vars["qdrant_snapshots_bucket"] == bucket["name"]
 
 
 def test_vars_leave_the_tier_settings_to_the_gcp_group_vars(stack_run: StackRun) -> None:
@@ -196,3 +199,22 @@ def test_a_missing_repository_file_is_named(tmp_path: Path) -> None:
     shutil.rmtree(repo / "inventories" / "gcp")
     with pytest.raises(FileNotFoundError, match=r"the bundle needs .*inventories/gcp/"):
         bundle_build.repo_files(repo)
+
+
+@pytest.mark.parametrize(
+    ("stack", "project"),
+    [("l4", PROJECT_ID), ("a-much-longer-stack-name-than-usual", "embedstack-long-project-id30")],
+)
+def test_snapshot_bucket_name_is_valid(stack: str, project: str) -> None:
+    settings = config.parse(
+        {
+            k.split(":", 1)[1]: v
+            for k, v in {**stack_file_config("l4"), **USER_CONFIG}.items()
+            if k.startswith("embedstack:")
+        },
+        stack,
+        project,
+    )
+    name = bundle_build.snapshot_bucket_name(settings)
+    assert 3 <= len(name) <= 63 and name.startswith(project) and name.endswith("-qdrant-snapshots")
+    assert all(c.islower() or c.isdigit() or c in "-_" for c in name)

@@ -32,6 +32,8 @@ INSTANCE = "gcp:compute/instance:Instance"
 ADDRESS = "gcp:compute/address:Address"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 BUCKET_OBJECT = "gcp:storage/bucketObject:BucketObject"
+BUCKET = "gcp:storage/bucket:Bucket"
+BUCKET_IAM = "gcp:storage/bucketIAMMember:BucketIAMMember"
 
 CLIENTS = USER_CONFIG["embedstack:client_cidrs"]
 ADMINS = USER_CONFIG["embedstack:admin_cidrs"]
@@ -102,7 +104,7 @@ def test_health_check_ranges_reach_only_the_gateway_port(stack_run: StackRun) ->
 
 def test_template_metadata_is_the_bootstrap_contract(stack_run: StackRun) -> None:
     metadata = stack_run.one(TEMPLATE)["metadata"]
-    bucket = stack_run.state("gcp:storage/bucket:Bucket")
+    bucket = stack_run.state(BUCKET, "-bundle")
     obj = stack_run.one(BUCKET_OBJECT)
     assert metadata["embedstack-bundle"] == f"gs://{bucket['name']}/{obj['name']}"
     assert obj["name"].startswith("bundles/embedstack-") and obj["name"].endswith(".tar.gz")
@@ -206,10 +208,15 @@ def test_service_accounts_are_least_privilege(stack_run: StackRun) -> None:
         for email in accounts.values()
         for role in ("roles/logging.logWriter", "roles/monitoring.metricWriter")
     )
-    bucket = stack_run.state("gcp:storage/bucket:Bucket")
-    readers = stack_run.all("gcp:storage/bucketIAMMember:BucketIAMMember")
+    bucket = stack_run.state(BUCKET, "-bundle")
+    snapshots = stack_run.state(BUCKET, "-qdrant-snapshots")
+    grants = stack_run.all(BUCKET_IAM)
+    readers = [r for r in grants if r["role"] == "roles/storage.objectViewer"]
     assert sorted(r["member"] for r in readers) == sorted(f"serviceAccount:{e}" for e in accounts.values())
-    assert {(r["role"], r["bucket"]) for r in readers} == {("roles/storage.objectViewer", bucket["name"])}
+    assert {r["bucket"] for r in readers} == {bucket["name"]}
+    # The index account alone may create (not read, list or delete) objects in the snapshot bucket.
+    others = [(r["role"], r["bucket"], r["member"]) for r in grants if r not in readers]
+    assert others == [("roles/storage.objectCreator", snapshots["name"], f"serviceAccount:{accounts['index']}")]
     assert bucket["uniformBucketLevelAccess"] is True and bucket["publicAccessPrevention"] == "enforced"
     iam_types = {r.typ for r in stack_run.resources if "iam" in r.typ.lower()}
     assert iam_types == {"gcp:projects/iAMMember:IAMMember", "gcp:storage/bucketIAMMember:BucketIAMMember"}
@@ -270,3 +277,32 @@ def test_gpu_stack_values_reach_the_program(run_stack) -> None:
     run = run_stack("l4", {"embedstack:target_size": 3, "embedstack:machine_type": "g2-standard-16"})
     assert run.one(GROUP)["targetSize"] == 3
     assert run.one(TEMPLATE)["machineType"] == "g2-standard-16"
+
+
+def test_qdrant_snapshots_go_to_a_private_bucket_with_retention(stack_run: StackRun) -> None:
+    settings = config.parse(
+        {
+            k.split(":", 1)[1]: v
+            for k, v in {**stack_file_config(stack_run.stack), **USER_CONFIG}.items()
+            if k.startswith("embedstack:")
+        },
+        stack_run.stack,
+        PROJECT_ID,
+    )
+    bucket = stack_run.one(BUCKET, "-qdrant-snapshots")
+    assert bucket["name"] == f"{PROJECT_ID}-{stack_run.stack}-qdrant-snapshots"
+    assert bucket["uniformBucketLevelAccess"] is True and bucket["publicAccessPrevention"] == "enforced"
+    assert bucket["location"] == settings.region.upper()
+    assert bucket["labels"] == {"app": "embedstack", "stack": stack_run.stack, "tier": "index"}
+    assert bucket["lifecycleRules"] == [
+        {"action": {"type": "Delete"}, "condition": {"age": settings.snapshot_retention_days}}
+    ]
+    assert not bucket.get("forceDestroy"), "backups are not deleted with the stack"
+    assert stack_run.outputs["qdrant_snapshots_bucket"] == f"gs://{bucket['name']}"
+    # The disk snapshot schedule stays beside it.
+    assert stack_run.one("gcp:compute/resourcePolicy:ResourcePolicy")["snapshotSchedulePolicy"]
+
+
+def test_snapshot_retention_reaches_the_lifecycle_rule(run_stack) -> None:
+    run = run_stack("l4", {"embedstack:snapshot_retention_days": 30})
+    assert run.one(BUCKET, "-qdrant-snapshots")["lifecycleRules"][0]["condition"] == {"age": 30}

@@ -74,6 +74,14 @@ def test_qdrant_unit_is_installed_but_not_started_without_a_binary(host):
     assert not host.service("qdrant.service").is_running
 
 
+def test_qdrant_snapshot_timer_is_scheduled(host):
+    only(host, "qdrant")
+    timer = host.service("qdrant-snapshots.timer")
+    assert timer.is_enabled and timer.is_running
+    assert host.file("/usr/local/libexec/qdrant-snapshot-upload").exists
+    assert "molecule-qdrant-snapshots" in host.file("/etc/default/qdrant-snapshots").content_string
+
+
 def test_gateway_runs_as_its_own_user(host):
     only(host, "embedding")
     pid = host.check_output("systemctl show -p MainPID --value embedstack-gateway.service")

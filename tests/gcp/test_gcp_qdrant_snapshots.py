@@ -1,0 +1,259 @@
+"""The qdrant_snapshots role's upload script, run as the timer runs it, against the metadata and
+Cloud Storage stand-ins and a Qdrant snapshot API stand-in: the snapshot's bytes land under
+<prefix><host>/<name>, the local snapshot is deleted only after a checked upload, and every
+failure exits non-zero and keeps it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from gcs_standin import GcsStandin
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "roles" / "qdrant_snapshots"
+SCRIPT = ROLE / "files" / "qdrant-snapshot-upload"
+BUCKET = "es-test-qdrant-snapshots"
+API_KEY = "qdrant-test-key-" + "k" * 16
+HOST = socket.gethostname().split(".")[0]
+
+
+class QdrantSnapshotStandin:
+    """NOT Qdrant: a stand-in for the full-storage snapshot API as Qdrant documents it
+    (https://api.qdrant.tech/api-reference/snapshots/create-full-snapshot and its list, download
+    and delete siblings), for tests only:
+
+      POST   /snapshots          → {"result": {"name", "creation_time", "size", "checksum"}, "status": "ok", "time"}
+      GET    /snapshots/<name>   → the snapshot's bytes (application/octet-stream)
+      DELETE /snapshots/<name>   → {"result": true, "status": "ok", "time"}
+
+    Every call needs the `api-key` header: missing or wrong, it answers 401 like Qdrant does
+    ({"status": {"error": ...}, "time"}); an unknown snapshot is 404.
+    """
+
+    def __init__(self, api_key: str, size: int) -> None:
+        self.api_key, self.size = api_key, size
+        self.snapshots: dict[str, bytes] = {}
+        self.deleted: dict[str, bytes] = {}  # name → bytes of each deleted snapshot, for the tests
+        self.lock = threading.Lock()
+        handler = type("Handler", (_QdrantHandler,), {"standin": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> QdrantSnapshotStandin:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class _QdrantHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    standin: QdrantSnapshotStandin
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps({**payload, "time": 0.001}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _snapshot(self) -> str | None:
+        """The snapshot name of /snapshots/<name>, None for /snapshots; 401/404 answered here."""
+        key = self.headers.get("api-key")
+        if key != self.standin.api_key:
+            error = "Must provide an API key or an Authorization bearer token" if key is None else "Invalid api-key"
+            self._json(401, {"status": {"error": error}})
+            raise _Answered
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/snapshots":
+            return None
+        if not path.startswith("/snapshots/"):
+            self._json(404, {"status": {"error": f"Not found: {path}"}})
+            raise _Answered
+        name = urllib.parse.unquote(path[len("/snapshots/") :])
+        with self.standin.lock:
+            if name not in self.standin.snapshots:
+                self._json(404, {"status": {"error": f"Not found: Snapshot {name} not found"}})
+                raise _Answered
+        return name
+
+    def do_POST(self) -> None:
+        try:
+            if self._snapshot() is not None:
+                return self._json(405, {"status": {"error": "Method Not Allowed"}})
+        except _Answered:
+            return
+        name = f"full-snapshot-{time.strftime('%Y-%m-%d-%H-%M-%S')}-{secrets.token_hex(3)}.snapshot"
+        data = os.urandom(self.standin.size)
+        with self.standin.lock:
+            self.standin.snapshots[name] = data
+        result = {"name": name, "creation_time": time.strftime("%Y-%m-%dT%H:%M:%S"), "size": len(data)}
+        self._json(200, {"result": result, "status": "ok"})
+
+    def do_GET(self) -> None:
+        try:
+            name = self._snapshot()
+        except _Answered:
+            return
+        if name is None:
+            with self.standin.lock:
+                listed = [{"name": n, "size": len(d)} for n, d in self.standin.snapshots.items()]
+            return self._json(200, {"result": listed, "status": "ok"})
+        data = self.standin.snapshots[name]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_DELETE(self) -> None:
+        try:
+            name = self._snapshot()
+        except _Answered:
+            return
+        if name is None:
+            return self._json(405, {"status": {"error": "Method Not Allowed"}})
+        with self.standin.lock:
+            self.standin.deleted[name] = self.standin.snapshots.pop(name)
+        self._json(200, {"result": True, "status": "ok"})
+
+
+class _Answered(Exception):
+    pass
+
+
+@pytest.fixture
+def qdrant() -> Iterator[QdrantSnapshotStandin]:
+    with QdrantSnapshotStandin(API_KEY, size=3 * 1024 * 1024 + 17) as standin:
+        yield standin
+
+
+@pytest.fixture
+def qdrant_config(tmp_path: Path) -> Path:
+    """Qdrant's config.yaml as the qdrant role writes it (only the keys the script reads)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"service": {"host": "0.0.0.0", "http_port": 6333, "api_key": API_KEY}}))
+    return path
+
+
+def run_upload(qdrant, metadata, storage_url: str, config: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The script with the settings the role's env file gives it (the stand-ins' URLs instead of Google's)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "QDRANT_SNAPSHOTS_BUCKET": BUCKET,
+        "QDRANT_SNAPSHOTS_PREFIX": "qdrant/",
+        "QDRANT_SNAPSHOTS_QDRANT_URL": qdrant.url,
+        "QDRANT_SNAPSHOTS_QDRANT_CONFIG": str(config),
+        "QDRANT_SNAPSHOTS_METADATA_URL": metadata.url,
+        "QDRANT_SNAPSHOTS_STORAGE_URL": storage_url,
+        "QDRANT_SNAPSHOTS_HTTP_TIMEOUT": "20",
+        **extra,
+    }
+    return subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_snapshot_is_uploaded_then_deleted(qdrant, metadata, gcs, qdrant_config):
+    gcs.create_bucket(BUCKET)
+    result = run_upload(qdrant, metadata, gcs.url, qdrant_config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [name] = qdrant.deleted
+    assert name.startswith("full-snapshot-") and name.endswith(".snapshot")
+    assert qdrant.snapshots == {}, "the local snapshot is deleted after the upload"
+    stored = gcs.buckets[BUCKET][f"qdrant/{HOST}/{name}"]
+    assert stored.data == qdrant.deleted[name] and len(stored.data) == qdrant.size
+    assert stored.content_type == "application/octet-stream"
+    assert gcs.uploads == [f"qdrant/{HOST}/{name}"]
+    log = result.stdout
+    for step in ("creating a full-storage snapshot", "access token", "uploading", "uploaded gs://", "deleted"):
+        assert step in log, log
+    assert API_KEY not in log + result.stderr
+
+
+@pytest.mark.parametrize("failure", ["wrong token", "storage down", "not writable", "no bucket"])
+def test_a_failed_upload_exits_non_zero_and_keeps_the_snapshot(failure, qdrant, metadata, qdrant_config):
+    token_check = (lambda token: False) if failure == "wrong token" else metadata.token_valid
+    writable = {"another-bucket"} if failure == "not writable" else None
+    with GcsStandin(token_check, writable_buckets=writable) as gcs:
+        if failure != "no bucket":
+            gcs.create_bucket(BUCKET)
+        storage_url = gcs.url
+        if failure == "storage down":
+            gcs.close()
+        result = run_upload(qdrant, metadata, storage_url, qdrant_config)
+        assert gcs.uploads == []
+    assert result.returncode != 0
+    assert qdrant.deleted == {}
+    assert len(qdrant.snapshots) == 1, "the snapshot that was not uploaded stays"
+    expected = {
+        "wrong token": "HTTP 401",
+        "storage down": "failed",
+        "not writable": "HTTP 403",
+        "no bucket": "HTTP 404",
+    }
+    assert "FAILED" in result.stdout and expected[failure] in result.stdout, result.stdout
+    assert "no snapshot was deleted" in result.stdout
+
+
+def test_a_wrong_qdrant_api_key_fails_clearly(qdrant, metadata, gcs, tmp_path):
+    gcs.create_bucket(BUCKET)
+    config = tmp_path / "wrong.yaml"
+    config.write_text(yaml.safe_dump({"service": {"api_key": "not-the-qdrant-key-at-all"}}))
+    result = run_upload(qdrant, metadata, gcs.url, config)
+    assert result.returncode != 0
+    assert "FAILED: POST " in result.stdout and "/snapshots answered HTTP 401" in result.stdout, result.stdout
+    assert "Invalid api-key" in result.stdout
+    assert qdrant.snapshots == {} and gcs.uploads == []
+
+
+def test_a_config_without_api_key_is_named(qdrant, metadata, gcs, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"service": {"host": "0.0.0.0"}}))
+    result = run_upload(qdrant, metadata, gcs.url, config)
+    assert result.returncode != 0
+    assert f"{config} has no service.api_key" in result.stdout
+    missing = run_upload(qdrant, metadata, gcs.url, tmp_path / "absent.yaml")
+    assert missing.returncode != 0 and "cannot read the Qdrant config" in missing.stdout
+
+
+def test_the_role_installs_the_script_and_its_settings_name_every_variable():
+    """The env file the unit reads sets every variable the script reads; the unit runs the
+    installed script as a dynamic user that can only read Qdrant's config through the group."""
+    template = (ROLE / "templates" / "qdrant-snapshots.env.j2").read_text()
+    script = SCRIPT.read_text()
+    for name in ("BUCKET", "PREFIX", "QDRANT_URL", "QDRANT_CONFIG", "METADATA_URL", "STORAGE_URL", "HTTP_TIMEOUT"):
+        assert f"QDRANT_SNAPSHOTS_{name}=" in template
+        assert f'"{name}"' in script or f"QDRANT_SNAPSHOTS_{name}" in script
+    install = yaml.safe_load((ROLE / "tasks" / "install.yml").read_text())
+    copy = next(t["ansible.builtin.copy"] for t in install if "ansible.builtin.copy" in t)
+    assert copy["src"] == SCRIPT.name and copy["mode"] == "0755"
+    unit = (ROLE / "templates" / "qdrant-snapshots.service.j2").read_text()
+    assert f"ExecStart=/usr/bin/python3 {copy['dest']}" in unit
+    assert "DynamicUser=true" in unit and "Type=oneshot" in unit
+    timer = (ROLE / "templates" / "qdrant-snapshots.timer.j2").read_text()
+    assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer and "OnCalendar=" in timer
