@@ -247,8 +247,9 @@ CPU_VARIANT_VARS: dict[str, Any] = {
     "embedding_service_offline": True,
     # Admit only what 2 cores embed well inside the 20 s drain budget (four of Roo's 60-chunk
     # batches): a longer queue would be cut off by the drain deadline. Beyond it clients get 429,
-    # which Roo Code retries.
+    # which Roo Code retries. A request may then carry at most that many inputs (Roo sends 60).
     "embedding_service_max_queue_inputs": 240,
+    "embedding_service_extra_env": {"EMBEDSTACK_MAX_INPUTS_PER_REQUEST": "240"},
 }
 
 
