@@ -245,11 +245,10 @@ CPU_VARIANT_VARS: dict[str, Any] = {
     "embedding_service_compile": "off",
     "embedding_service_wheelhouse": WHEELHOUSE_IN_VM,
     "embedding_service_offline": True,
-    # Admit only what 2 cores embed well inside the 20 s drain budget (four of Roo's 60-chunk
-    # batches): a longer queue would be cut off by the drain deadline. Beyond it clients get 429,
-    # which Roo Code retries. A request may then carry at most that many inputs (Roo sends 60).
-    "embedding_service_max_queue_inputs": 240,
-    "embedding_service_extra_env": {"EMBEDSTACK_MAX_INPUTS_PER_REQUEST": "240"},
+    # Two cores embed Roo's ten 60-chunk batches in about 20 s, the GPU tier's whole drain budget:
+    # a shorter budget leaves systemd's stop timeout (25 s) a wide margin. What is still queued at
+    # the deadline is answered 503 with Retry-After, never dropped.
+    "embedding_service_drain_seconds": 15,
 }
 
 
