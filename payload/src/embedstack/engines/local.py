@@ -101,6 +101,9 @@ class LocalEngine:
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def unavailable_reason(self) -> str | None:
+        return None  # once loaded, the model is always there
+
     def batch_cost(self, rows: int, longest: int) -> int:
         return bucket_rows(rows) * longest
 

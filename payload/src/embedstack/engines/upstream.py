@@ -1,185 +1,390 @@
 """Forward to OpenAI-compatible servers (vLLM, TEI, another embedstack) with ordered failover.
 
-An upstream is used only after it has shown, through /v1/models and a probe embedding, that it
-serves the configured model id at the configured dimension: vectors of another model would
-silently corrupt every index built from them.
+Nothing an upstream says is trusted, at start-up or later. An upstream enters the rotation only
+once /v1/models and a probe embedding show the configured model id at the configured dimension,
+and every answer is checked again: vector count, indices, dimension, model id, finite values.
+An upstream that fails through its own fault (transport error, 5xx, 401/403, 404, a malformed or
+mismatched answer) leaves the rotation and is re-verified in the background; the request moves on
+to the next upstream, all inside one deadline. Vectors of another shape or model are never
+returned: they would silently corrupt every index built from them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 
 from embedstack.config import ModelSpec, Settings, Upstream
 from embedstack.engines.base import Input, Item, Output, l2_normalise
-from embedstack.errors import ConfigError, EmbedstackError, InvalidInput, QueueFull, Unavailable, UpstreamError
+from embedstack.errors import ConfigError, InvalidInput, QueueFull, Unavailable, UpstreamError
 
 log = logging.getLogger(__name__)
 
 _RETRY_PAUSE = 0.2
-_VERIFY_PAUSE = 2.0
+_CHECK_PAUSE = 2.0  # between verification attempts and heartbeats
+_HEARTBEAT_TIMEOUT = 10.0
+# How long a request waits for a dropped upstream to be verified again (a restart, a blip).
+_WAIT_FOR_UPSTREAM = 5.0
+_PROBE = ["embedstack dimension probe"]
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, status: int | None = None):
+class _Failed(Exception):
+    """This upstream failed this request. drop: it leaves the rotation until re-verified."""
+
+    def __init__(self, reason: str, *, drop: bool, status: int | None = None):
         super().__init__(reason)
+        self.reason = reason
+        self.drop = drop
         self.status = status
+
+
+class _Mismatch(_Failed):
+    """The upstream serves another model or dimension."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, drop=True)
+
+
+class _Refused(_Failed):
+    """A 4xx other than auth, 404 or 429: the upstream judged the request itself bad."""
+
+    def __init__(self, reason: str, status: int):
+        super().__init__(reason, drop=False, status=status)
+
+
+class _DeadlineExceeded(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _UpstreamState:
+    upstream: Upstream
+    verified: bool = False
+    reason: str = "not verified yet"
+    max_model_len: int | None = None  # vLLM's model card reports it; its truncation may not exceed it
 
 
 class UpstreamEngine:
     merges = False  # each request goes upstream whole, so its usage stays exact
     concurrency = 32
 
-    def __init__(self, spec: ModelSpec, settings: Settings):
+    def __init__(self, spec: ModelSpec, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
         self.spec = spec
         self.settings = settings
         self.model_name = spec.upstream_model or spec.id
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(settings.upstream_timeout, connect=5.0))
-        self._verified: set[str] = set()
-        self._first_verified = asyncio.Event()
+        self._client = httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(settings.upstream_timeout, connect=5.0)
+        )
+        self._states = [_UpstreamState(u) for u in spec.upstreams]
+        self._available = asyncio.Event()  # set while at least one upstream is verified
+        self._dropped = asyncio.Event()  # wakes the verifier
         self._verifier: asyncio.Task | None = None
+        self._started = False
         self._fatal: ConfigError | None = None
 
-    @property
-    def healthy(self) -> list[Upstream]:
-        return [u for u in self.spec.upstreams if u.url in self._verified]
+    def unavailable_reason(self) -> str | None:
+        if self._available.is_set():
+            return None
+        return "no verified upstream: " + "; ".join(f"{s.upstream.url}: {s.reason}" for s in self._states)
 
     async def start(self) -> None:
         """Return once one upstream is verified; keep verifying the others in the background.
 
-        An upstream that serves a different model is refused for good, and start() fails.
+        An upstream that serves a different model or dimension at start-up is a configuration
+        error, and start() fails.
         """
-        self._verifier = asyncio.create_task(self._verify_all())
-        waiter = asyncio.create_task(self._first_verified.wait())
+        self._verifier = asyncio.create_task(self._verify_loop(), name=f"verify-{self.spec.id}")
+        waiter = asyncio.create_task(self._available.wait())
         await asyncio.wait({self._verifier, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if self._fatal:
             raise self._fatal
-        if not self._first_verified.is_set():
+        if not self._available.is_set():
             self._verifier.result()
+        self._started = True
 
     async def close(self) -> None:
         if self._verifier:
             self._verifier.cancel()
         await self._client.aclose()
 
-    async def _verify_all(self) -> None:
-        pending = list(self.spec.upstreams)
-        while pending:
-            for upstream in list(pending):
-                try:
-                    await self._verify(upstream)
-                except _Retryable as exc:
-                    log.warning("upstream %s not reachable yet (%s); will retry", upstream.url, exc)
-                    continue
-                except EmbedstackError as exc:  # wrong model, wrong key, bad answer: never use it
-                    self._fatal = ConfigError(exc.message)
-                    log.error("%s", exc.message)
-                    return
-                pending.remove(upstream)
-                self._verified.add(upstream.url)
-                self._first_verified.set()
-                log.info(
-                    "upstream %s verified: serves %s at %d dims", upstream.url, self.model_name, self.spec.dimension
-                )
-            if pending:
-                await asyncio.sleep(_VERIFY_PAUSE)
+    # --- verification ---
 
-    async def _verify(self, upstream: Upstream) -> None:
-        listing = await self._request(upstream, "GET", "/v1/models")
-        models = {m.get("id"): m for m in listing.get("data", []) if isinstance(m, dict)}
+    async def _verify_loop(self) -> None:
+        """Verify what is out of the rotation; check what is in it, so a dead upstream leaves it
+        while idle too (and /ready tells the load balancer)."""
+        while True:
+            self._dropped.clear()
+            checks = [self._try_verify(s) for s in self._states if not s.verified]
+            if self._started:
+                checks += [self._heartbeat(s) for s in self._states if s.verified]
+            await asyncio.gather(*checks)
+            if self._fatal:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dropped.wait(), _CHECK_PAUSE)
+
+    async def _heartbeat(self, state: _UpstreamState) -> None:
+        deadline = asyncio.get_running_loop().time() + _HEARTBEAT_TIMEOUT
+        try:
+            listing = await self._request(state.upstream, "GET", "/v1/models", None, deadline)
+            if self.model_name not in _served_models(listing):
+                raise _Failed(f"upstream {state.upstream.url} no longer serves {self.model_name!r}", drop=True)
+        except _DeadlineExceeded:
+            self._drop(state, f"upstream {state.upstream.url} did not answer /v1/models in {_HEARTBEAT_TIMEOUT:g} s")
+        except _Failed as exc:
+            if exc.drop:
+                self._drop(state, exc.reason)
+
+    async def _try_verify(self, state: _UpstreamState) -> None:
+        url = state.upstream.url
+        deadline = asyncio.get_running_loop().time() + self.settings.upstream_timeout
+        try:
+            await self._verify(state, deadline)
+        except ConfigError as exc:
+            if not self._started:
+                self._fatal = exc
+            if state.reason != exc.message:
+                log.error("%s", exc.message)
+            state.reason = exc.message
+            return
+        except (_Failed, _DeadlineExceeded) as exc:
+            reason = str(exc) or "timed out"
+            if state.reason != reason:
+                log.warning("upstream %s not usable yet (%s); will retry", url, reason)
+            state.reason = reason
+            return
+        state.verified, state.reason = True, ""
+        self._available.set()
+        log.info("upstream %s verified: serves %s at %d dims", url, self.model_name, self.spec.dimension)
+
+    async def _verify(self, state: _UpstreamState, deadline: float) -> None:
+        url = state.upstream.url
+        listing = await self._request(state.upstream, "GET", "/v1/models", None, deadline)
+        models = _served_models(listing)
         if self.model_name not in models:
             raise ConfigError(
-                f"upstream {upstream.url} does not serve model {self.model_name!r} (it serves {sorted(models)}); "
+                f"upstream {url} does not serve model {self.model_name!r} (it serves {sorted(map(str, models))}); "
                 "refusing it, because vectors from another model would corrupt the index"
             )
-        probe = await self._embed_once(upstream, ["embedstack dimension probe"])
-        dims = probe.vectors.shape[1]
-        if dims != self.spec.dimension:
-            raise ConfigError(
-                f"upstream {upstream.url} serves {self.model_name!r} at {dims} dimensions, "
-                f"but this gateway is configured for {self.spec.dimension}; refusing it"
-            )
+        max_len = models[self.model_name].get("max_model_len")
+        state.max_model_len = max_len if isinstance(max_len, int) and max_len > 0 else None
+        try:
+            await self._embed_once(state, _PROBE, truncate=True, deadline=deadline)
+        except _Mismatch as exc:
+            raise ConfigError(f"{exc.reason}; refusing it") from None
+
+    def _drop(self, state: _UpstreamState, reason: str) -> None:
+        if not state.verified:
+            return
+        state.verified, state.reason = False, reason
+        log.warning(
+            "upstream %s taken out of rotation (%s); re-verifying it in the background", state.upstream.url, reason
+        )
+        if not any(s.verified for s in self._states):
+            self._available.clear()
+        self._dropped.set()
+
+    # --- serving ---
 
     def batch_cost(self, rows: int, longest: int) -> int:
         return rows * longest
 
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
+        limit = self.spec.max_tokens
+        for i, x in enumerate(inputs):
+            if isinstance(x, list) and len(x) > limit and not truncate:
+                raise _too_long(i, len(x), limit)
+        if truncate:  # token ids are cut here, so no upstream ever sees more than the model takes
+            inputs = [x[:limit] if isinstance(x, list) else x for x in inputs]
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         if prefix:
             inputs = [prefix + x if isinstance(x, str) else x for x in inputs]
         # ~4 characters a token: only used to spread work, never reported as usage
         cost = sum(len(x) // 4 + 1 if isinstance(x, str) else len(x) for x in inputs)
-        return [Item(payload=inputs, cost=cost, inputs=len(inputs))]
+        return [Item(payload=(inputs, truncate), cost=cost, inputs=len(inputs))]
 
     async def run(self, items: list[Item]) -> list[Output]:
-        return [await self._failover(item.payload) for item in items]
+        return [await self._failover(*item.payload) for item in items]
 
-    async def _failover(self, inputs: list[Input]) -> Output:
-        reasons: list[str] = []
-        saw_429 = False
-        for attempt in range(self.settings.upstream_retries + 1):
-            if attempt:
-                await asyncio.sleep(_RETRY_PAUSE * attempt)
-            for upstream in self.healthy:
-                try:
-                    return await self._embed_once(upstream, inputs)
-                except _Retryable as exc:
-                    saw_429 |= exc.status == 429
-                    reasons.append(f"{upstream.url}: {exc}")
-                    log.warning("upstream %s failed (%s); trying the next", upstream.url, exc)
-        if not self.healthy:
-            raise Unavailable(f"no verified upstream for model {self.spec.id!r} yet", code="upstream_unavailable")
-        if saw_429 and all("429" in r for r in reasons):
-            raise QueueFull("every upstream is overloaded; retry later", code="upstream_overloaded")
-        raise Unavailable("every upstream failed: " + "; ".join(reasons[-3:]), code="upstream_unavailable")
-
-    async def _embed_once(self, upstream: Upstream, inputs: list[Input]) -> Output:
-        body = {"model": self.model_name, "input": inputs, "encoding_format": "base64"}
-        answer = await self._request(upstream, "POST", "/v1/embeddings", json=body)
+    async def _failover(self, inputs: list[Input], truncate: bool) -> Output:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.upstream_timeout
+        failures: list[_Failed] = []
         try:
-            rows = sorted(answer["data"], key=lambda d: d["index"])
+            for round_ in range(self.settings.upstream_retries + 1):
+                if round_:
+                    await _sleep_until(min(loop.time() + _RETRY_PAUSE * round_, deadline))
+                tried: set[int] = set()
+                while True:
+                    state = next((s for i, s in enumerate(self._states) if s.verified and i not in tried), None)
+                    if state is None:
+                        if tried or not await self._wait_for_upstream(deadline):
+                            break
+                        continue
+                    tried.add(self._states.index(state))
+                    try:
+                        return await self._embed_once(state, inputs, truncate=truncate, deadline=deadline)
+                    except _Refused as exc:
+                        if not truncate and _is_context_length(exc.reason):
+                            raise await self._name_long_input(state, inputs, exc.reason, deadline) from None
+                        failures.append(exc)
+                    except _Failed as exc:
+                        failures.append(exc)
+                        if exc.drop:
+                            self._drop(state, exc.reason)
+                    log.warning("upstream %s failed (%s); trying the next", state.upstream.url, failures[-1].reason)
+        except _DeadlineExceeded:
+            raise Unavailable(
+                f"no upstream answered within {self.settings.upstream_timeout:g} s", code="upstream_timeout"
+            ) from None
+        if not failures:
+            raise Unavailable(self.unavailable_reason() or "no verified upstream", code="upstream_unavailable")
+        detail = "; ".join(f.reason for f in failures[-3:])
+        if all(f.status == 429 for f in failures):
+            raise QueueFull(f"every upstream is overloaded ({detail}); retry later", code="upstream_overloaded")
+        if not self._available.is_set():
+            raise Unavailable(f"every upstream failed: {detail}", code="upstream_unavailable")
+        raise UpstreamError(f"every upstream failed: {detail}", code="upstream_error")
+
+    async def _wait_for_upstream(self, deadline: float) -> bool:
+        wait = min(_WAIT_FOR_UPSTREAM, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(self._available.wait(), max(0.0, wait))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _embed_once(
+        self, state: _UpstreamState, inputs: list[Input], *, truncate: bool, deadline: float
+    ) -> Output:
+        body: dict = {"model": self.model_name, "input": inputs, "encoding_format": "base64"}
+        if truncate and state.max_model_len:  # vLLM refuses long inputs unless asked to truncate
+            body["truncate_prompt_tokens"] = min(self.spec.max_tokens, state.max_model_len)
+        answer = await self._request(state.upstream, "POST", "/v1/embeddings", body, deadline)
+        return self._check_answer(state.upstream, answer, len(inputs))
+
+    def _check_answer(self, upstream: Upstream, answer: object, n: int) -> Output:
+        url = upstream.url
+        try:
+            rows = sorted(answer["data"], key=lambda d: d["index"])  # type: ignore[index]
+            if len(rows) != n:
+                raise _Failed(f"upstream {url} returned {len(rows)} vectors for {n} inputs", drop=True)
+            if [row["index"] for row in rows] != list(range(n)):
+                raise _Failed(f"upstream {url} returned indices other than 0..{n - 1}", drop=True)
             vectors = np.stack([_decode(row["embedding"]) for row in rows])
-            tokens = int(answer.get("usage", {}).get("prompt_tokens", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"upstream {upstream.url} sent a malformed embeddings response: {exc}") from None
-        if len(rows) != len(inputs):
-            raise UpstreamError(f"upstream {upstream.url} returned {len(rows)} vectors for {len(inputs)} inputs")
+            if vectors.ndim != 2:
+                raise ValueError("embeddings are not vectors")
+            usage = answer.get("usage") or {}  # type: ignore[union-attr]
+            tokens = int(usage.get("prompt_tokens", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _Failed(f"upstream {url} sent a malformed embeddings response ({exc})", drop=True) from None
+        if vectors.shape[1] != self.spec.dimension:
+            raise _Mismatch(
+                f"upstream {url} serves {self.model_name!r} at {vectors.shape[-1]} dimensions, "
+                f"but this gateway is configured for {self.spec.dimension}"
+            )
+        model = answer.get("model")  # type: ignore[union-attr]
+        if model is not None and model != self.model_name:
+            raise _Mismatch(f"upstream {url} answered with model {model!r} instead of {self.model_name!r}")
+        if not np.isfinite(vectors).all():
+            raise _Failed(f"upstream {url} returned non-finite values", drop=True)
         return Output(vectors=l2_normalise(vectors), tokens=tokens)
 
-    async def _request(self, upstream: Upstream, method: str, path: str, json: dict | None = None) -> dict:
+    async def _name_long_input(self, state: _UpstreamState, inputs: list[Input], reason: str, deadline: float):
+        """With truncation off, find which input is too long, as the local engine reports it."""
+        limit = min(filter(None, (self.spec.max_tokens, state.max_model_len)))
+        for i, x in enumerate(inputs):
+            if isinstance(x, list):
+                count = len(x)
+            else:
+                try:
+                    answer = await self._request(
+                        state.upstream, "POST", "/tokenize", {"model": self.model_name, "prompt": x}, deadline
+                    )
+                    count = int(answer["count"])
+                except (_Failed, KeyError, TypeError, ValueError):  # no /tokenize: say what the upstream said
+                    break
+            if count > limit:
+                return _too_long(i, count, limit)
+        return InvalidInput(
+            f"an input is longer than the model's maximum of {limit} tokens, and truncation is switched off "
+            f"(upstream: {reason})",
+            param="input",
+            code="context_length_exceeded",
+        )
+
+    async def _request(self, upstream: Upstream, method: str, path: str, json: dict | None, deadline: float) -> dict:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise _DeadlineExceeded()
         headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+        timeout = httpx.Timeout(remaining, connect=min(5.0, remaining))
+        url = upstream.url
         try:
-            response = await self._client.request(method, upstream.url + path, json=json, headers=headers)
-        except httpx.TransportError as exc:  # connect, read, timeout: the request may be retried elsewhere
-            raise _Retryable(type(exc).__name__) from None
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _Retryable(f"HTTP {response.status_code}", response.status_code)
-        if response.status_code in (401, 403):
-            raise UpstreamError(f"upstream {upstream.url} rejected the gateway's API key (HTTP {response.status_code})")
-        if response.status_code >= 400:
-            raise InvalidInput(
-                f"upstream {upstream.url} refused the request: {_error_message(response)}", param="input"
-            )
+            async with asyncio.timeout(remaining):  # the deadline holds whatever the transport does
+                response = await self._client.request(method, url + path, json=json, headers=headers, timeout=timeout)
+        except (TimeoutError, httpx.TimeoutException):
+            if deadline - asyncio.get_running_loop().time() <= 0:
+                raise _DeadlineExceeded() from None
+            raise _Failed(f"upstream {url} timed out", drop=True) from None
+        except httpx.TransportError as exc:
+            raise _Failed(f"upstream {url}: {type(exc).__name__}", drop=True) from None
+        status = response.status_code
+        if status == 429:
+            raise _Failed(f"upstream {url} is overloaded (HTTP 429)", drop=False, status=429)
+        if status >= 500:
+            raise _Failed(f"upstream {url} answered HTTP {status}", drop=True, status=status)
+        if status in (401, 403):
+            raise _Failed(f"upstream {url} rejected the gateway's API key (HTTP {status})", drop=True, status=status)
+        if status == 404:
+            raise _Failed(f"upstream {url} has no {path} (HTTP 404)", drop=True, status=status)
+        if status >= 400:
+            raise _Refused(f"upstream {url} refused the request: {_error_message(response)}", status)
         try:
             return response.json()
         except ValueError:
-            raise UpstreamError(f"upstream {upstream.url} answered {path} with non-JSON") from None
+            raise _Failed(f"upstream {url} answered {path} with non-JSON", drop=True) from None
+
+
+def _served_models(listing: object) -> dict:
+    data = listing.get("data") if isinstance(listing, dict) else None
+    return {m.get("id"): m for m in data if isinstance(m, dict)} if isinstance(data, list) else {}
+
+
+def _too_long(index: int, count: int, limit: int) -> InvalidInput:
+    return InvalidInput(
+        f"input[{index}] has {count} tokens, more than the model's maximum of {limit}, and truncation is switched off",
+        param="input",
+        code="context_length_exceeded",
+    )
+
+
+def _is_context_length(message: str) -> bool:
+    # vLLM (renderers/params.py) and TEI both say so in these words
+    text = message.lower()
+    return "maximum context length" in text or "must have less than" in text or "too long" in text
+
+
+async def _sleep_until(when: float) -> None:
+    await asyncio.sleep(max(0.0, when - asyncio.get_running_loop().time()))
 
 
 def _decode(embedding: str | list[float]) -> np.ndarray:
     if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+        return np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4").astype(np.float32)
     return np.asarray(embedding, dtype=np.float32)
 
 
 def _error_message(response: httpx.Response) -> str:
     try:
         err = response.json().get("error")
-        return err.get("message", str(err)) if isinstance(err, dict) else str(err or response.text)
-    except ValueError:
+        return err.get("message", str(err)) if isinstance(err, dict) else str(err or response.text[:200])
+    except (ValueError, AttributeError):
         return response.text[:200]

@@ -1,0 +1,303 @@
+"""The upstream engine against in-process fake vLLM servers: truncation, answer checks, rotation,
+re-verification, deadlines. tests/vllm repeats the essentials against the real vLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import httpx
+import numpy as np
+import pytest
+from embedstack.api.errors import error_response, status_of
+from embedstack.config import load_settings, parse_model
+from embedstack.engines import upstream as upstream_module
+from embedstack.engines.upstream import UpstreamEngine
+from embedstack.errors import ConfigError, InvalidInput, QueueFull, Unavailable, UpstreamError
+from fake_vllm import FakeVllm, vector_of
+
+DIM = 8
+MAX_TOKENS = 16
+
+
+@pytest.fixture(autouse=True)
+def quick_checks(monkeypatch):
+    monkeypatch.setattr(upstream_module, "_CHECK_PAUSE", 0.05)
+    monkeypatch.setattr(upstream_module, "_RETRY_PAUSE", 0.0)
+    monkeypatch.setattr(upstream_module, "_WAIT_FOR_UPSTREAM", 0.3)
+
+
+def engine_for(fakes: dict[str, FakeVllm], max_tokens: int = MAX_TOKENS, **settings) -> UpstreamEngine:
+    spec = parse_model(
+        {
+            "id": "m",
+            "engine": "upstream",
+            "dimension": DIM,
+            "max_tokens": max_tokens,
+            "upstreams": [f"http://{host}" for host in fakes],
+        },
+        "test",
+    )
+    base = load_settings({}, env={})
+    config = dataclasses.replace(base, models=(spec,), **settings)
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        return await fakes[request.url.host].handle(request)
+
+    return UpstreamEngine(spec, config, transport=httpx.MockTransport(route))
+
+
+async def embed(engine: UpstreamEngine, inputs, truncate: bool = True):
+    items = await engine.prepare(inputs, truncate=truncate, input_type="document")
+    (output,) = await engine.run(items)
+    return output
+
+
+async def eventually(condition, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def embedding_requests(fake: FakeVllm) -> list[dict]:
+    return [body for path, body in fake.requests if path == "/v1/embeddings"]
+
+
+def long_text(words: int = 40) -> str:
+    return "word " * words
+
+
+def test_truncation_is_forwarded_so_long_inputs_are_embedded():
+    fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
+
+    async def main():
+        engine = engine_for({"a": fake})
+        await engine.start()
+        try:
+            return await embed(engine, ["short", long_text()])
+        finally:
+            await engine.close()
+
+    out = asyncio.run(main())
+    assert out.vectors.shape == (2, DIM)
+    assert out.tokens <= 2 * MAX_TOKENS
+    assert embedding_requests(fake)[-1]["truncate_prompt_tokens"] == MAX_TOKENS
+
+
+def test_truncation_never_asks_for_more_than_the_upstream_takes():
+    fake = FakeVllm(dimension=DIM, max_model_len=12)
+
+    async def main():
+        engine = engine_for({"a": fake}, max_tokens=512)
+        await engine.start()
+        try:
+            return await embed(engine, [long_text()])
+        finally:
+            await engine.close()
+
+    assert asyncio.run(main()).vectors.shape == (1, DIM)
+    assert embedding_requests(fake)[-1]["truncate_prompt_tokens"] == 12
+
+
+def test_with_truncation_off_a_long_input_is_a_400_naming_it():
+    fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
+
+    async def main():
+        engine = engine_for({"a": fake})
+        await engine.start()
+        try:
+            await embed(engine, ["short", "also short", long_text()], truncate=False)
+        finally:
+            await engine.close()
+
+    with pytest.raises(InvalidInput) as caught:
+        asyncio.run(main())
+    assert caught.value.message.startswith("input[2] has 42 tokens, more than the model's maximum of 16")
+    assert (caught.value.param, caught.value.code) == ("input", "context_length_exceeded")
+    assert status_of(caught.value)[0] == 400
+
+
+def test_token_ids_are_cut_or_refused_before_they_reach_an_upstream():
+    fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
+
+    async def main():
+        engine = engine_for({"a": fake})
+        await engine.start()
+        try:
+            await embed(engine, [[7] * 100])
+            sent = embedding_requests(fake)[-1]["input"][0]
+            with pytest.raises(InvalidInput, match=r"input\[1\] has 100 tokens"):
+                await embed(engine, [[7, 8], [7] * 100], truncate=False)
+            return sent, len(embedding_requests(fake))
+        finally:
+            await engine.close()
+
+    sent, calls = asyncio.run(main())
+    assert len(sent) == MAX_TOKENS
+    assert calls == 2  # the probe and the truncated request; the refused one never left
+
+
+FAULTS = ["down", "500", "401", "404", "garbage", "one-missing", "wrong-dimension", "wrong-model", "nan"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_failing_upstream_leaves_the_rotation_and_comes_back_when_healthy(fault):
+    first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": first, "b": second})
+        await engine.start()
+        await eventually(lambda: all(s.verified for s in engine._states))
+        try:
+            first.fault = fault
+            out = await embed(engine, ["def f(): pass"])
+            assert not engine._states[0].verified  # out of rotation
+            assert engine.unavailable_reason() is None  # the second still serves
+            before = len(first.requests)
+            await embed(engine, ["def g(): pass"])
+            served_by_first = any(p == "/v1/embeddings" for p, _ in first.requests[before:])
+            first.fault = None
+            await eventually(lambda: engine._states[0].verified)
+            return out, served_by_first
+        finally:
+            await engine.close()
+
+    out, served_by_first = asyncio.run(main())
+    assert np.allclose(out.vectors[0], vector_of("def f(): pass", DIM), atol=1e-6)
+    assert not served_by_first
+
+
+@pytest.mark.parametrize("fault", ["500", "down", "wrong-dimension"])
+def test_with_no_good_upstream_the_request_is_a_retryable_5xx_without_param(fault):
+    only = FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": only})
+        await engine.start()
+        try:
+            only.fault = fault
+            with pytest.raises((Unavailable, UpstreamError)) as caught:
+                await embed(engine, ["x"])
+            reason = engine.unavailable_reason()
+            only.fault = None
+            await eventually(lambda: engine.unavailable_reason() is None)
+            recovered = await embed(engine, ["x"])
+            return caught.value, reason, recovered
+        finally:
+            await engine.close()
+
+    error, reason, recovered = asyncio.run(main())
+    status, _ = status_of(error)
+    assert status in (502, 503)
+    assert error.param is None
+    response = error_response(status, error.message, "server_error", error.code, error.param)
+    assert response.headers["retry-after"] == "1"
+    assert reason and "http://a" in reason
+    assert recovered.vectors.shape == (1, DIM)
+
+
+def test_an_idle_gateway_notices_a_dead_upstream_and_its_return():
+    only = FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": only})
+        await engine.start()
+        try:
+            only.fault = "down"
+            await eventually(lambda: engine.unavailable_reason() is not None)
+            reason = engine.unavailable_reason()
+            only.fault = None
+            await eventually(lambda: engine.unavailable_reason() is None)
+            return reason
+        finally:
+            await engine.close()
+
+    assert "ConnectError" in asyncio.run(main())
+
+
+def test_a_request_rides_out_a_short_upstream_restart():
+    only = FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": only})
+        await engine.start()
+        try:
+            only.fault = "down"
+            await eventually(lambda: engine.unavailable_reason() is not None)
+            asyncio.get_running_loop().call_later(0.1, setattr, only, "fault", None)
+            return await embed(engine, ["x"])
+        finally:
+            await engine.close()
+
+    assert asyncio.run(main()).vectors.shape == (1, DIM)
+
+
+def test_overloaded_upstreams_give_429_and_stay_in_rotation():
+    first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": first, "b": second})
+        await engine.start()
+        await eventually(lambda: all(s.verified for s in engine._states))
+        try:
+            first.fault = second.fault = "429"
+            with pytest.raises(QueueFull):
+                await embed(engine, ["x"])
+            return [s.verified for s in engine._states]
+        finally:
+            await engine.close()
+
+    assert asyncio.run(main()) == [True, True]
+
+
+def test_a_refusal_fails_over_without_dropping_the_upstream():
+    first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": first, "b": second})
+        await engine.start()
+        await eventually(lambda: all(s.verified for s in engine._states))
+        try:
+            first.fault = "400"
+            out = await embed(engine, ["x"])
+            return out, engine._states[0].verified
+        finally:
+            await engine.close()
+
+    out, still_verified = asyncio.run(main())
+    assert out.vectors.shape == (1, DIM)
+    assert still_verified
+
+
+def test_one_deadline_covers_every_retry_and_upstream():
+    first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
+
+    async def main():
+        engine = engine_for({"a": first, "b": second}, upstream_timeout=0.5, upstream_retries=3)
+        await engine.start()
+        try:
+            first.fault = second.fault = "hang"
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as caught:
+                await embed(engine, ["x"])
+            return caught.value, time.monotonic() - started
+        finally:
+            await engine.close()
+
+    error, elapsed = asyncio.run(main())
+    assert error.code == "upstream_timeout"
+    assert elapsed < 1.5
+
+
+def test_an_upstream_of_another_dimension_is_refused_at_start():
+    async def main():
+        engine = engine_for({"a": FakeVllm(dimension=DIM * 2)})
+        try:
+            await engine.start()
+        finally:
+            await engine.close()
+
+    with pytest.raises(ConfigError, match="at 16 dimensions, but this gateway is configured for 8; refusing it"):
+        asyncio.run(main())

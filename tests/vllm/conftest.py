@@ -1,0 +1,48 @@
+"""One real vLLM for the module, and gateways in front of it, all on loopback and always stopped."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "payload"))
+
+from gateway_process import MODEL, Gateway, free_port
+from vllm_server import MAX_MODEL_LEN, VllmServer
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    server = VllmServer(free_port(), tmp_path_factory.mktemp("vllm") / "vllm.log", MODEL)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def upstream_models_file(directory: Path, url: str) -> str:
+    path = directory / "models.yaml"
+    path.write_text(
+        f"models:\n  - id: {MODEL}\n    engine: upstream\n    dimension: 384\n    max_tokens: {MAX_MODEL_LEN}\n"
+        f"    upstreams:\n      - url: {url}\n"
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gateways(vllm: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
+    """Two gateways in front of the same vLLM: truncation on (the default) and off."""
+    tmp = tmp_path_factory.mktemp("gateways")
+    models = upstream_models_file(tmp, vllm.url)
+    started = {
+        "truncating": Gateway(tmp, env={"EMBEDSTACK_MODELS": models}),
+        "strict": Gateway(tmp, env={"EMBEDSTACK_MODELS": models, "EMBEDSTACK_TRUNCATE": "false"}),
+    }
+    try:
+        yield {name: gw.wait_ready() for name, gw in started.items()}
+    finally:
+        for gw in started.values():
+            gw.stop()
