@@ -192,6 +192,7 @@ def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
         "embedstack_client_cidrs": list(settings.client_cidrs),
         # The embedding tier: vLLM serves the model on loopback, the gateway forwards to it.
         "vllm_model": model.hf_id,
+        "vllm_model_revision": model.revision,
         "vllm_served_model_name": model.id,
         "vllm_max_model_len": model.max_tokens,
         "vllm_hf_overrides": {"is_matryoshka": True} if model.matryoshka else {},
@@ -201,6 +202,7 @@ def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
             "engine": "upstream",
             "dimension": model.dimension,
             "max_tokens": model.max_tokens,
+            "query_prefix": model.query_prefix,
             "upstreams": [{"url": "http://127.0.0.1:8001", "api_key_env": "VLLM_API_KEY"}],
         },
         # The index tier: the Qdrant release to install.

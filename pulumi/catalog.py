@@ -112,6 +112,10 @@ GPUS: dict[str, Gpu] = {
 }
 
 
+# Qwen3-Embedding wants an instruction on queries and none on documents (its model card).
+QWEN3_CODE_QUERY = "Instruct: Given a code search query, retrieve relevant code\nQuery:"
+
+
 @dataclass(frozen=True)
 class Model:
     id: str  # the model id clients send (vLLM --served-model-name, the gateway's model id)
@@ -120,16 +124,43 @@ class Model:
     max_tokens: int  # --max-model-len and the gateway's max_tokens
     matryoshka: bool  # accepts `dimensions` (vLLM needs --hf-overrides is_matryoshka)
     min_gpu_memory_gb: int  # bf16 weights plus a working KV/activation budget
+    revision: str  # the model repository commit vLLM loads (--revision): every recreated VM, same weights
+    query_prefix: str = QWEN3_CODE_QUERY  # what the gateway prepends to input_type "query"
 
 
 # Models the embedding tier can serve with vLLM (`--runner pooling`). Dimensions from the model
-# cards (FACTS.md: Qwen3-Embedding 0.6B → 1024, 4B → 2560, 8B → 4096).
+# cards (FACTS.md: Qwen3-Embedding 0.6B → 1024, 4B → 2560, 8B → 4096). The revisions are the
+# commits several public deployments pin; they could not be checked against the hub from here.
 MODELS: dict[str, Model] = {
     model.id: model
     for model in (
-        Model("qwen3-embedding-0.6b", "Qwen/Qwen3-Embedding-0.6B", 1024, 8192, True, 8),
-        Model("qwen3-embedding-4b", "Qwen/Qwen3-Embedding-4B", 2560, 8192, True, 16),
-        Model("qwen3-embedding-8b", "Qwen/Qwen3-Embedding-8B", 4096, 8192, True, 24),
+        Model(
+            "qwen3-embedding-0.6b",
+            "Qwen/Qwen3-Embedding-0.6B",
+            1024,
+            8192,
+            True,
+            8,
+            "97b0c614be4d77ee51c0cef4e5f07c00f9eb65b3",
+        ),
+        Model(
+            "qwen3-embedding-4b",
+            "Qwen/Qwen3-Embedding-4B",
+            2560,
+            8192,
+            True,
+            16,
+            "5cf2132abc99cad020ac570b19d031efec650f2b",
+        ),
+        Model(
+            "qwen3-embedding-8b",
+            "Qwen/Qwen3-Embedding-8B",
+            4096,
+            8192,
+            True,
+            24,
+            "1d8ad4ca9b3dd8059ad90a75d4983776a23d44af",
+        ),
     )
 }
 

@@ -1,7 +1,8 @@
 """vllm.service as the vllm role renders it with real Ansible, checked against FACTS.md.
 
-vLLM cannot run on this machine (no GPU), so these tests render the unit and env file for several variable sets and
-check the command line: `vllm serve <model> --runner pooling`, no removed `--task`, loopback only on port 8001,
+These tests render the unit and env file for several variable sets (tests/vllm runs the real server) and
+check the command line: vLLM's API server with `--model <model> --runner pooling`, no removed `--task`, loopback
+only on port 8001,
 every variable reflected, the API key kept off the command line; and that the role's argument specs and preflight
 refuse bad values with a message naming the variable.
 """
@@ -9,12 +10,15 @@ refuse bad values with a message naming the variable.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from ansible_play import ROLES, ansible_available, describe, run_cases, run_play
 
 ROLE = ROLES / "vllm"
+# /proc/driver/nvidia/version as a proprietary (570) and an open (580) kernel module print it
+DRIVERS = Path(__file__).parent / "fixtures" / "nvidia"
 VAR_SETS: dict[str, dict] = {
     "defaults": {},
     "qwen3_8b_matryoshka": {
@@ -29,6 +33,15 @@ VAR_SETS: dict[str, dict] = {
         "vllm_hf_token": "hf_exampletoken",
         "vllm_hf_offline": True,
         "vllm_cuda_visible_devices": "0",
+        "vllm_model_revision": "",
+    },
+    "cpu_build": {
+        "vllm_build": "cpu",
+        "vllm_model": "/opt/models/all-MiniLM-L6-v2",
+        "vllm_model_revision": "",
+        "vllm_max_model_len": 256,
+        "vllm_cpu_kvcache_space_gib": 2,
+        "vllm_cpu_omp_threads_bind": "0-3",
     },
     "odd_names_and_extra_args": {
         "vllm_model": "/srv/models/bge small",
@@ -88,7 +101,7 @@ def _exec_start(unit: str) -> list[str]:
 
 
 def _options(argv: list[str]) -> dict[str, list[str]]:
-    """Every `--flag value` (or `--flag=value`) pair after `serve <model>`, values collected per flag."""
+    """Every `--flag value` (or `--flag=value`) pair after `python -m <module>`, values collected per flag."""
     found: dict[str, list[str]] = {}
     rest = argv[3:]
     i = 0
@@ -127,6 +140,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
         {
             "name": "Run the vllm preflight checks and load the role defaults",
             "ansible.builtin.include_role": {"name": "vllm", "tasks_from": "preflight.yml", "public": True},
+            # this machine has no NVIDIA driver; the floor has tests of its own below
+            "vars": {"vllm_build": "cpu"},
         }
     ]
     for name, variables in VAR_SETS.items():
@@ -157,11 +172,13 @@ def _expected(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", list(VAR_SETS))
-def test_exec_start_runs_vllm_serve_with_the_pooling_runner(rendered: dict, name: str) -> None:
+def test_exec_start_runs_the_api_server_with_the_pooling_runner(rendered: dict, name: str) -> None:
     expected = _expected(name)
     argv = _exec_start(rendered[name]["service"])
-    assert argv[:3] == [f"{expected['vllm_venv_dir']}/bin/vllm", "serve", expected["vllm_model"]]
+    assert argv[:3] == [f"{expected['vllm_venv_dir']}/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     options = _options(argv)
+    assert options["--model"] == [expected["vllm_model"]]
+    assert options.get("--revision", [""]) == [expected["vllm_model_revision"]]
     assert options["--runner"] == ["pooling"]
     assert "--task" not in options, "--task was removed from vLLM; --runner pooling replaces --task embed"
 
@@ -183,7 +200,10 @@ def test_every_variable_is_reflected_on_the_command_line(rendered: dict, name: s
     assert options["--served-model-name"] == [expected["vllm_served_model_name"]]
     assert options["--max-model-len"] == [str(expected["vllm_max_model_len"])]
     assert options["--max-num-seqs"] == [str(expected["vllm_max_num_seqs"])]
-    assert float(options["--gpu-memory-utilization"][0]) == expected["vllm_gpu_memory_utilization"]
+    share = expected[
+        "vllm_cpu_memory_utilization" if expected["vllm_build"] == "cpu" else "vllm_gpu_memory_utilization"
+    ]
+    assert float(options["--gpu-memory-utilization"][0]) == share
     assert options["--dtype"] == [expected["vllm_dtype"]]
     if expected["vllm_hf_overrides"]:
         assert json.loads(options["--hf-overrides"][0]) == expected["vllm_hf_overrides"]
@@ -231,8 +251,22 @@ def test_unit_is_hardened_but_keeps_the_gpu_devices(rendered: dict) -> None:
         # Each of these would hide /dev/nvidia* or break CUDA's JIT.
         for forbidden in ("DevicePolicy", "DeviceAllow", "ProtectClock", "MemoryDenyWriteExecute"):
             assert forbidden not in settings, forbidden
+    assert "VLLM_TARGET_DEVICE=cpu" not in _unit_settings(rendered["defaults"]["service"])["Environment"]
     offline = _unit_settings(rendered["qwen3_8b_matryoshka"]["service"])["Environment"]
     assert "HF_HUB_OFFLINE=1" in offline and "CUDA_VISIBLE_DEVICES=0" in offline
+
+
+def test_the_cpu_build_gets_its_environment(rendered: dict) -> None:
+    environment = _unit_settings(rendered["cpu_build"]["service"])["Environment"]
+    assert "VLLM_TARGET_DEVICE=cpu" in environment
+    assert "VLLM_CPU_KVCACHE_SPACE=2" in environment
+    assert "VLLM_CPU_OMP_THREADS_BIND=0-3" in environment
+
+
+def test_the_default_model_is_pinned_to_a_commit(rendered: dict) -> None:
+    options = _options(_exec_start(rendered["defaults"]["service"]))
+    assert options["--model"] == ["Qwen/Qwen3-Embedding-0.6B"]
+    assert len(options["--revision"][0]) == 40
 
 
 # Values the role must refuse. `argspec` cases go through the role's entry point (argument_specs.yml),
@@ -246,6 +280,19 @@ REJECTED: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "gpu_memory_above_one": ("preflight", {"vllm_gpu_memory_utilization": 1.5}, ("vllm_gpu_memory_utilization",)),
     "dollar_in_api_key": ("preflight", {"vllm_api_key": "abc$def"}, ("vllm_api_key",)),
     "quote_in_hf_token": ("preflight", {"vllm_hf_token": 'hf_a"b'}, ("vllm_hf_token",)),
+    "unknown_build": ("argspec", {"vllm_build": "rocm"}, ("vllm_build", "cuda", "cpu")),
+    "bad_threads_bind": ("preflight", {"vllm_cpu_omp_threads_bind": "all"}, ("vllm_cpu_omp_threads_bind", "0-3")),
+    "cpu_build_of_an_unlocked_release": ("preflight", {"vllm_version": "0.31.0"}, ("vllm_version", "make vllm-lock")),
+    "driver_below_the_floor": (
+        "preflight",
+        {"vllm_build": "cuda", "vllm_nvidia_version_file": str(DRIVERS / "version-570")},
+        ("570.133.20", "needs driver 580 or newer", "vllm_build: cpu"),
+    ),
+    "no_driver": (
+        "preflight",
+        {"vllm_build": "cuda", "vllm_nvidia_version_file": str(DRIVERS / "missing")},
+        ("No NVIDIA driver", "580"),
+    ),
 }
 
 
@@ -256,15 +303,24 @@ def rejections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     cases = {
         case: {
             "include": {"name": "vllm"} if entry == "argspec" else {"name": "vllm", "tasks_from": "preflight.yml"},
-            "vars": variables,
+            # preflight cases run on the cpu build unless they say otherwise: this machine has no NVIDIA driver
+            "vars": {"vllm_build": "cpu", **variables} if entry == "preflight" else variables,
         }
         for case, (entry, variables, _) in REJECTED.items()
+    }
+    cases["driver_at_the_floor"] = {
+        "include": {"name": "vllm", "tasks_from": "preflight.yml"},
+        "vars": {"vllm_build": "cuda", "vllm_nvidia_version_file": str(DRIVERS / "version-580")},
     }
     outcomes, results = run_cases(cases, tmp_path_factory.mktemp("vllm-reject"), check=True)
     # Nothing past the checks ran: no package, user, file or service task of the role.
     ran = {name for name, _ in results}
     assert not ran & {"Install the packages vLLM needs", "Create the vllm user", "Install vllm.service"}, ran
     return outcomes
+
+
+def test_a_driver_at_the_floor_passes_the_preflight(rejections: dict[str, str]) -> None:
+    assert rejections["driver_at_the_floor"] == "passed"
 
 
 @pytest.mark.parametrize("case", list(REJECTED))

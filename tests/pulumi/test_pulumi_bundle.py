@@ -96,8 +96,10 @@ def test_rendered_variables_hold_the_stack_values(stack_run: StackRun) -> None:
     assert stack_vars["firewall_admin_cidrs"] == [*USER_CONFIG["embedstack:admin_cidrs"], IAP_RANGE]
     assert stack_vars["embedstack_client_cidrs"] == USER_CONFIG["embedstack:client_cidrs"]
     assert (stack_vars["vllm_model"], stack_vars["vllm_served_model_name"]) == (model.hf_id, model.id)
+    assert len(stack_vars["vllm_model_revision"]) == 40  # every recreated VM loads the same weights
     upstream = stack_vars["embedding_service_upstream_model"]
     assert (upstream["id"], upstream["dimension"], upstream["engine"]) == (model.id, model.dimension, "upstream")
+    assert upstream["query_prefix"].startswith("Instruct: ") and upstream["query_prefix"].endswith("\nQuery:")
     wheel = next(n for n in files if n.endswith(".whl"))
     assert wheel == f"wheels/embedstack-{stack_vars['embedding_service_version']}-py3-none-any.whl"
     assert stack_vars["qdrant_deb_url"] == USER_CONFIG["embedstack:qdrant_deb_url"]
