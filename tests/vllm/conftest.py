@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "payload"))
 
+from embedstack.vllm_cpu import MAX_MODEL_LEN, VllmServer
 from gateway_process import MODEL, Gateway, free_port
-from vllm_server import MAX_MODEL_LEN, VllmServer
 
 
 @pytest.fixture(scope="module")

@@ -168,8 +168,9 @@ def decode_response(response: httpx.Response, expected: int) -> np.ndarray:
     return vectors
 
 
-def embed(client: httpx.Client, texts: list[str]) -> np.ndarray:
-    body = {"model": MODEL_NAME, "input": texts, "encoding_format": "base64"}
+def embed(client: httpx.Client, texts: list[str], extra: dict | None = None) -> np.ndarray:
+    """extra: body fields beyond OpenAI's (vLLM needs truncate_prompt_tokens for long inputs)."""
+    body = {"model": MODEL_NAME, "input": texts, "encoding_format": "base64", **(extra or {})}
     return decode_response(client.post("/v1/embeddings", json=body), len(texts))
 
 
@@ -206,14 +207,14 @@ def free_port() -> int:
 class Gateway:
     """`embedstack serve` in a subprocess, its output in a log file, always stopped on exit."""
 
-    def __init__(self, compile_mode: str, threads: int):
+    def __init__(self, compile_mode: str, threads: int, extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1", EMBEDSTACK_COMPILE=compile_mode, EMBEDSTACK_THREADS=str(threads))
         # The bench measures the bundled model on an open loopback port, whatever this shell has configured.
         for name in ("EMBEDSTACK_MODELS", "EMBEDSTACK_API_KEYS", "EMBEDSTACK_API_KEYS_FILE"):
             env.pop(name, None)
-        self.env = env
+        self.env = {**env, **(extra_env or {})}
         self.log_path = Path(tempfile.mkstemp(prefix="embedstack-bench-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
@@ -278,7 +279,9 @@ class Gateway:
 # --- load generation ------------------------------------------------------------------------------
 
 
-def run_clients(url: str, requests: list[list[str]], clients: int, keep: bool) -> list[np.ndarray | None]:
+def run_clients(
+    url: str, requests: list[list[str]], clients: int, keep: bool, extra: dict | None = None
+) -> list[np.ndarray | None]:
     """Send every request once from `clients` threads, each with its own keep-alive connection.
 
     Each thread takes the next unsent request, so a slow request does not hold back the others' share.
@@ -291,7 +294,7 @@ def run_clients(url: str, requests: list[list[str]], clients: int, keep: bool) -
         with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as client:
             while not failed.is_set() and (i := next(counter)) < len(requests):
                 try:
-                    vectors = embed(client, requests[i])
+                    vectors = embed(client, requests[i], extra)
                 except Exception:
                     failed.set()
                     raise
@@ -311,19 +314,19 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def measure_throughput(url: str, chunks: list[str]) -> tuple[float, np.ndarray]:
+def measure_throughput(url: str, chunks: list[str], extra: dict | None = None) -> tuple[float, np.ndarray]:
     batches = [chunks[i : i + LOAD_BATCH] for i in range(0, len(chunks), LOAD_BATCH)]
-    results, seconds = timed(lambda: run_clients(url, batches, LOAD_CLIENTS, keep=True))
+    results, seconds = timed(lambda: run_clients(url, batches, LOAD_CLIENTS, keep=True, extra=extra))
     return len(chunks) / seconds, np.concatenate(results)
 
 
-def measure_latency(url: str, requests: int) -> tuple[float, float]:
+def measure_latency(url: str, requests: int, extra: dict | None = None) -> tuple[float, float]:
     with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as client:
         for _ in range(LATENCY_WARMUP):
-            embed(client, [QUERY])
+            embed(client, [QUERY], extra)
         samples = []
         for _ in range(requests):
-            _, seconds = timed(lambda: embed(client, [QUERY]))
+            _, seconds = timed(lambda: embed(client, [QUERY], extra))
             samples.append(seconds * 1000)
     p50, p99 = np.percentile(samples, [50, 99])
     return float(p50), float(p99)

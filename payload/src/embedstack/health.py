@@ -44,10 +44,10 @@ def first_key(value: Any) -> str:
 
 def params_for(host: Host) -> dict[str, Any]:
     units = ["nftables.service"]
-    params: dict[str, Any] = {"gpu": host.gpu, "controller_time": time.time()}
+    params: dict[str, Any] = {"gpu": host.gpu, "vllm": host.runs_vllm, "controller_time": time.time()}
     if "embedding" in host.groups:
         units.append("embedstack-gateway.service")
-        if host.gpu:
+        if host.runs_vllm:
             units.append("vllm.service")
         model, dimension = gateway_model(host)
         params["gateway"] = {

@@ -31,6 +31,11 @@ class Host:
         return _truthy(self.vars.get("embedstack_gpu", False))
 
     @property
+    def runs_vllm(self) -> bool:
+        """site.yml applies the vllm role to GPU hosts and to hosts that ask for its cpu build."""
+        return "embedding" in self.groups and (self.gpu or str(self.vars.get("vllm_build", "cuda")) == "cpu")
+
+    @property
     def gateway_port(self) -> int:
         return int(self.vars.get("embedding_service_port", GATEWAY_PORT))
 

@@ -66,7 +66,7 @@ def check_gateway():
 
 
 def check_vllm():
-    if PARAMS.get("gpu") and PARAMS.get("gateway"):
+    if PARAMS.get("vllm"):
         status, body = http("GET", "http://127.0.0.1:8001/health")
         record("vllm /health", status == 200, f"HTTP {status}" if status else body.decode()[:200])
 

@@ -1,7 +1,7 @@
-"""The real vLLM (the CPU build from `make vllm-venv`) as a process on loopback.
+"""The real vLLM (the CPU build, `make vllm-venv`) as a process on loopback, for tests and benchmarks.
 
-Started the way FACTS.md and the vllm role's unit start it: the OpenAI API server module (the
-`vllm serve` CLI fails in this build), the pooling runner, a bounded KV cache, bf16.
+Started the way the vllm role's unit starts it (cpu build): the OpenAI API server module (the
+`vllm serve` CLI fails in this build), the pooling runner, a bounded share of RAM, bf16.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm/bin/python"
+# The repository's vLLM venv when run from a checkout (payload/src/embedstack/ -> the repository root)
+DEFAULT_PYTHON = Path(__file__).resolve().parents[3] / ".venv-vllm/bin/python"
 MAX_MODEL_LEN = 256
 
 
@@ -26,9 +26,10 @@ def bundled_model_path() -> str:
 
 
 class VllmServer:
-    def __init__(self, port: int, log_path: Path, served_name: str):
-        if not VLLM_PYTHON.exists():
-            raise AssertionError(f"{VLLM_PYTHON} is missing: run `make vllm-venv` first")
+    def __init__(self, port: int, log_path: Path, served_name: str, python: Path = DEFAULT_PYTHON):
+        if not python.exists():
+            raise RuntimeError(f"{python} is missing: run `make vllm-venv` first")
+        self.python = python
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -44,7 +45,7 @@ class VllmServer:
             "DO_NOT_TRACK": "1",
         }
         args = [
-            str(VLLM_PYTHON),
+            str(self.python),
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
@@ -70,7 +71,7 @@ class VllmServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"vLLM exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
+                raise RuntimeError(f"vLLM exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
@@ -78,7 +79,7 @@ class VllmServer:
                 pass
             time.sleep(1)
         self.stop()
-        raise AssertionError(f"vLLM not healthy after {timeout} s:\n{self.log_path.read_text()[-4000:]}")
+        raise RuntimeError(f"vLLM not healthy after {timeout} s:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self) -> None:
         """Stop the server and its engine-core child: the whole process group we started."""
