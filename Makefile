@@ -14,6 +14,14 @@ VLLM_WHEELHOUSE := build/vllm-wheelhouse
 # Ansible and molecule call each other by name: the venv's tools come first on PATH.
 ANSIBLE_ENV := PATH=$(CURDIR)/$(BIN):$$PATH ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg
 LAB := -i inventories/lab
+# `make lab ENGINE=vllm`: the embedding container runs the real vLLM (cpu build) behind the gateway.
+ENGINE ?= local
+ifeq ($(ENGINE),vllm)
+LAB += -i inventories/lab-vllm
+LAB_VLLM := vllm-wheelhouse
+else ifneq ($(ENGINE),local)
+$(error ENGINE must be local or vllm, got '$(ENGINE)')
+endif
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 
@@ -85,8 +93,9 @@ test: lint ansible-lint host-packages vllm-venv
 	$(ANSIBLE_ENV) $(BIN)/pytest -s tests/gcp_container
 
 # The main job: containers from inventories/lab, the site.yml configure plays, then health.
-lab: setup wheelhouse
+lab: setup wheelhouse $(LAB_VLLM)
 	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/lab.yml
+	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/stage-bundled-model.yml
 	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/site.yml
 	$(ANSIBLE_ENV) $(BIN)/embedstack health $(LAB)
 	$(ANSIBLE_ENV) $(BIN)/embedstack roo-config $(LAB)

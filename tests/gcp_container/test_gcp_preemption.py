@@ -4,15 +4,16 @@ load without losing a request, and its replacement bootstraps itself again.
 Real: a Debian 12 systemd container (privileged LXC) as the VM; pulumi/bootstrap/startup.sh and
 shutdown.sh unchanged, fetched from the metadata server by the guest agent stand-in; the bundle
 built by pulumi/bundle_build.py for stack l4 (plus the CPU variant's vars); ansible-core from
-PyPI inside the VM; the roles; the gateway serving all-MiniLM-L6-v2 on the CPU; the preemption
-watcher and the systemd shutdown of the VM.
+PyPI inside the VM; the roles; the GPU tier's chain, the gateway in front of the real vLLM (its
+cpu build) serving all-MiniLM-L6-v2; the preemption watcher and the systemd shutdown of the VM.
 
 STAND-INS (gcp_vm_lab.py, conftest.py): the GCE metadata server and Cloud Storage
 (tests/gcp/*_standin.py); google-guest-agent (two small units); GCE's preemption (metadata
 `preempted` flips to TRUE while `lxc-stop -t 30` delivers the soft-off, i.e. systemd poweroff,
 with a hard kill at 30 s); the managed instance group's recreate (a fresh container from the base
-rootfs at the same address, standing in for the load balancer's stable address); the wheelhouse
-(build/wheelhouse bind-mounted, so the CPU torch is installed offline, never PyPI's CUDA build).
+rootfs at the same address, standing in for the load balancer's stable address); the GPU (vLLM's
+cpu build); the wheelhouses and the model (bind-mounted and installed offline, never PyPI's CUDA
+torch).
 
 Run as root: PATH=.venv/bin:$PATH ANSIBLE_CONFIG=$PWD/ansible.cfg .venv/bin/pytest tests/gcp_container -q -s
 The figures (boot-to-ready, drain time, time to off, recreate-to-ready, request counts) are printed.
@@ -33,8 +34,8 @@ from roo_traffic import CLIENTS, ReadyWatch, Traffic
 
 MODEL = "all-minilm-l6-v2"
 DIMENSION = 384
-# First boot on 2 cores: ansible from PyPI, the wheelhouse copy and install, the model load (~3 min).
-READY_TIMEOUT = 540
+# First boot on 2 cores: ansible from PyPI, two wheelhouses copied and installed, vLLM's start.
+READY_TIMEOUT = 900
 
 
 def say(text: str) -> None:
@@ -82,8 +83,9 @@ def boot(gce: Any, vm: lab.Vm) -> dict[str, float]:
     assert ready_at is not None and outcome is not None
     # The gateway may have been restarted by a handler after its first 200: it must be ready now.
     assert lab.wait_until(lambda: _ready(vm), 120), f"{vm.name}: /ready not 200 after the bootstrap"
-    active = vm.attach("systemctl", "is-active", "embedstack-gateway.service", "embedstack-preempt.service")
-    assert active.stdout.split() == ["active", "active"], active.stdout + vm.journal("-n", "80")
+    units = ("vllm.service", "embedstack-gateway.service", "embedstack-preempt.service")
+    active = vm.attach("systemctl", "is-active", *units)
+    assert active.stdout.split() == ["active"] * len(units), active.stdout + vm.journal("-n", "80")
     return {"ready": ready_at - started, "bootstrap": float(outcome[1]), "done": time.monotonic() - started}
 
 
@@ -103,7 +105,7 @@ def require_vm(gce: Any) -> lab.Vm:
 # -- 1. first boot --------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_first_boot_runs_the_startup_script_and_serves(gce):
     vm = lab.Vm("es-gcp-embed-1")
     times = boot(gce, vm)
@@ -204,6 +206,11 @@ def test_preemption_under_roo_load_loses_no_request(gce):
     watcher = _messages(entries, "embedstack-preempt.service")
     shutdown = _messages(entries, "google-shutdown-scripts.service")
     stopped = [t for t, m in gateway if m.startswith("Stopped ") or m.endswith("Deactivated successfully.")]
+    vllm_stopped = [
+        t
+        for t, m in _messages(entries, "vllm.service")
+        if m.startswith("Stopped ") or m.endswith("Deactivated successfully.")
+    ]
     killed = [m for _, m in gateway if "Killing process" in m or "timed out" in m or "SIGKILL" in m]
     drain_lines = [m.split("embedstack.service: ", 1)[-1] for _, m in gateway if "embedstack.service: drain" in m]
     drain_time = stopped[0] - notice_wall if stopped else None
@@ -241,6 +248,7 @@ def test_preemption_under_roo_load_loses_no_request(gce):
     assert drain_lines and drain_lines[-1].startswith("drained ("), gateway[-20:]
     assert drain_time is not None and drain_time < lab.PREEMPTION_WINDOW, gateway[-20:]
     assert not killed, f"systemd had to kill the gateway: {killed}"
+    assert vllm_stopped and stopped[0] <= vllm_stopped[0], "vLLM stopped before the gateway had drained"
     said = "\n".join(m for _, m in shutdown)
     assert "Starting shutdown scripts." in said and "shutdown-script exit status 0" in said, said
     assert "nothing to drain" not in said, (
@@ -252,7 +260,7 @@ def test_preemption_under_roo_load_loses_no_request(gce):
 # -- 3. the recreated VM ----------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_recreated_vm_bootstraps_again_and_embeds(gce):
     old = require_vm(gce)
     # instanceTerminationAction DELETE: the preempted VM and its boot disk are gone; the managed

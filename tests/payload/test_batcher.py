@@ -86,3 +86,49 @@ def test_padded_shapes_come_from_a_bounded_set():
     assert all(bucket_rows(n) >= n and bucket_rows(n) <= 1.5 * n + 1 for n in range(1, 1025))
     shapes = {(r, length) for r in rows for length in lengths if r * length <= 8192}
     assert len(shapes) < 200  # x3 linear kinds stays inside oneDNN's 1024-entry primitive cache
+
+
+class StuckEngine:
+    """An engine whose batches never finish in time: a slow or hung upstream."""
+
+    merges = False
+    concurrency = 4
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    async def prepare(self, inputs, *, truncate, input_type):
+        from embedstack.engines import Item
+
+        return [Item(payload=inputs, cost=len(inputs), inputs=len(inputs))]
+
+    async def run(self, items):
+        await asyncio.sleep(60)
+
+    async def close(self):
+        pass
+
+
+def test_the_drain_deadline_answers_running_work_503_instead_of_cutting_it_off(engine):
+    from embedstack.errors import Unavailable
+
+    async def main():
+        batcher = Batcher(
+            StuckEngine(engine.spec), max_batch_tokens=1024, max_wait_ms=0, max_queue_inputs=100, metrics=Metrics()
+        )
+        batcher.start()
+        try:
+            calls = [
+                asyncio.create_task(batcher.embed(["x", "y"], truncate=True, input_type="document")) for _ in range(6)
+            ]
+            await asyncio.sleep(0.1)  # four batches run, two wait
+            complete = await batcher.drain(asyncio.get_running_loop().time() + 0.2)
+            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2)
+            return complete, results, batcher.queued_inputs
+        finally:
+            await batcher.close()
+
+    complete, results, queued = asyncio.run(main())
+    assert not complete
+    assert all(isinstance(r, Unavailable) and r.code == "draining" for r in results), results
+    assert queued == 0

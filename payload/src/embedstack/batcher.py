@@ -56,7 +56,7 @@ class Batcher:
         self._pending: list[_Entry] = []
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(engine.concurrency)
-        self._running: set[asyncio.Task] = set()
+        self._running: dict[asyncio.Task, list[_Entry]] = {}
         self._loop_task: asyncio.Task | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -101,13 +101,23 @@ class Batcher:
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
             return True
         except TimeoutError:
+            # Queued and running work alike is answered 503 with Retry-After, never cut off: the
+            # server closes connections right after the drain, and a running upstream call to a
+            # slow vLLM could otherwise outlive it.
             left, self._pending = self._pending, []
-            for entry in left:
+            running = [entry for batch in self._running.values() for entry in batch]
+            for entry in left + running:
                 if not entry.future.done():
                     entry.future.set_exception(
                         Unavailable("the service drained before this input was embedded", code="draining")
                     )
-            log.warning("drain deadline reached with %d inputs still queued; they were answered 503", len(left))
+            for task in self._running:
+                task.cancel()
+            log.warning(
+                "drain deadline reached with %d inputs queued and %d running; they were answered 503",
+                sum(e.item.inputs for e in left),
+                sum(e.item.inputs for e in running),
+            )
             return False
 
     async def close(self) -> None:
@@ -130,8 +140,8 @@ class Batcher:
                 self._slots.release()
                 continue
             task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running[task] = batch
+            task.add_done_callback(lambda done: self._running.pop(done, None))
 
     def _pending_cost(self) -> int:
         return sum(e.item.cost for e in self._pending[:_WINDOW])
