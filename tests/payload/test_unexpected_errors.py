@@ -25,6 +25,8 @@ def test_a_bug_becomes_a_logged_500_with_the_error_shape(caplog):
         batcher.embed = broken
         with caplog.at_level(logging.ERROR):
             response = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "x"})
+        metrics = client.get("/metrics").text
+    assert 'embedstack_requests_total{route="/v1/embeddings",status="500"} 1.0' in metrics
     assert response.status_code == 500
     assert response.json() == {
         "error": {

@@ -18,7 +18,8 @@ _KNOWN_ROUTES = {r.path for r in ROUTES}
 
 
 class CountRequests:
-    """Counts every response by route and status, errors included."""
+    """Counts every response by route and status, errors included: it wraps Starlette's
+    ServerErrorMiddleware too, which answers the 500s of unexpected failures."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -59,6 +60,15 @@ class CloseWhenDraining:
         await self.app(scope, receive, closing_send)
 
 
+class GatewayApp(Starlette):
+    def __init__(self, *args, metrics: Metrics, **kwargs):
+        self.metrics = metrics
+        super().__init__(*args, **kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return CountRequests(super().build_middleware_stack(), self.metrics)
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
     gateway = Gateway(settings, metrics)
@@ -71,8 +81,7 @@ def create_app(settings: Settings) -> Starlette:
         loading.cancel()
         await gateway.close()
 
-    app = Starlette(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan)
+    app = GatewayApp(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan, metrics=metrics)
     app.state.gateway = gateway
-    app.add_middleware(CountRequests, metrics=metrics)
     app.add_middleware(CloseWhenDraining, gateway=gateway)
     return app

@@ -67,7 +67,7 @@ class Settings:
     api_keys_file: Path | None = None
     api_keys: frozenset[str] = frozenset()
     max_inputs_per_request: int = 2048
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024  # Roo's 60 chunks of ~1,150 characters are ~100 KB
     truncate: bool = True
     max_batch_tokens: int = 8192
     max_wait_ms: float = 0.0  # requests that arrive while a batch runs join the next one anyway
