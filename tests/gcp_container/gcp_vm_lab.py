@@ -354,7 +354,10 @@ def instance_attributes(bundle: BuiltBundle, api_key: str) -> dict[str, str]:
     return {
         "embedstack-bundle": f"gs://{BUCKET}/{bundle.object_name}",
         "embedstack-tier": "embedding",
-        "embedstack-secrets": yaml.safe_dump({"embedding_service_api_keys": [api_key]}),
+        # pulumi/__main__.py: the embedding tier's keys, the gateway's and vLLM's
+        "embedstack-secrets": yaml.safe_dump(
+            {"embedding_service_api_keys": [api_key], "vllm_api_key": "vllm-e2e-" + secrets.token_hex(12)}
+        ),
         "startup-script": STARTUP.read_text(),
         "shutdown-script": SHUTDOWN.read_text(),
     }

@@ -72,6 +72,9 @@ def test_upstream_key_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_KEY", "s3cret")
     (model,) = load_models(write(tmp_path, text))
     assert model.upstreams[0].api_key == "s3cret"
+    monkeypatch.setenv("VLLM_KEY", "")  # the role writes VLLM_API_KEY= for a vLLM that takes no key
+    (model,) = load_models(write(tmp_path, text))
+    assert model.upstreams[0].api_key is None
 
 
 def test_missing_files_are_reported_by_path(tmp_path):

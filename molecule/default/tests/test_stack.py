@@ -145,7 +145,8 @@ def test_config_files_are_valid(host):
         models = yaml.safe_load(host.file("/etc/embedstack/models.yaml").content_string)
         assert models["models"][0]["dimension"] == 384
         keys = host.file("/etc/embedstack/api-keys")
-        assert (keys.user, keys.mode) == ("embedstack", 0o600)
+        assert (keys.user, keys.group, keys.mode) == ("root", "embedstack", 0o640)  # readable, not writable
+        assert host.file("/etc/embedstack/gateway.env").mode == 0o600
         assert "EMBEDSTACK_PORT=8080" in host.file("/etc/embedstack/gateway.env").content_string
     if "qdrant" in groups(host):
         config = yaml.safe_load(host.file("/etc/qdrant/config.yaml").content_string)

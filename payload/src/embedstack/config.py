@@ -241,7 +241,9 @@ def _parse_upstream(entry: Any, where: str) -> Upstream:
         raise ConfigError(f"{where}: needs 'url' starting with http:// or https://")
     key = entry.get("api_key")
     if entry.get("api_key_env"):
-        key = os.environ.get(entry["api_key_env"])
-        if not key:
+        # Set but empty means "this upstream takes no key" (the role writes VLLM_API_KEY= then);
+        # unset is a deployment mistake.
+        if entry["api_key_env"] not in os.environ:
             raise ConfigError(f"{where}: environment variable {entry['api_key_env']} is not set")
+        key = os.environ[entry["api_key_env"]] or None
     return Upstream(url=str(entry["url"]).rstrip("/"), api_key=key)
