@@ -4,8 +4,10 @@ re-verification, deadlines. tests/vllm repeats the essentials against the real v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
@@ -48,6 +50,18 @@ def engine_for(fakes: dict[str, FakeVllm], max_tokens: int = MAX_TOKENS, **setti
     return UpstreamEngine(spec, config, transport=httpx.MockTransport(route))
 
 
+@contextlib.asynccontextmanager
+async def serving(fakes: dict[str, FakeVllm], **settings) -> AsyncIterator[UpstreamEngine]:
+    """A started engine with every fake upstream verified; closed whatever happens."""
+    engine = engine_for(fakes, **settings)
+    await engine.start()
+    try:
+        await eventually(lambda: all(s.verified for s in engine._states))
+        yield engine
+    finally:
+        await engine.close()
+
+
 async def embed(engine: UpstreamEngine, inputs, truncate: bool = True):
     items = await engine.prepare(inputs, truncate=truncate, input_type="document")
     (output,) = await engine.run(items)
@@ -73,12 +87,8 @@ def test_truncation_is_forwarded_so_long_inputs_are_embedded():
     fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
 
     async def main():
-        engine = engine_for({"a": fake})
-        await engine.start()
-        try:
+        async with serving({"a": fake}) as engine:
             return await embed(engine, ["short", long_text()])
-        finally:
-            await engine.close()
 
     out = asyncio.run(main())
     assert out.vectors.shape == (2, DIM)
@@ -90,12 +100,8 @@ def test_truncation_never_asks_for_more_than_the_upstream_takes():
     fake = FakeVllm(dimension=DIM, max_model_len=12)
 
     async def main():
-        engine = engine_for({"a": fake}, max_tokens=512)
-        await engine.start()
-        try:
+        async with serving({"a": fake}, max_tokens=512) as engine:
             return await embed(engine, [long_text()])
-        finally:
-            await engine.close()
 
     assert asyncio.run(main()).vectors.shape == (1, DIM)
     assert embedding_requests(fake)[-1]["truncate_prompt_tokens"] == 12
@@ -105,12 +111,8 @@ def test_with_truncation_off_a_long_input_is_a_400_naming_it():
     fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
 
     async def main():
-        engine = engine_for({"a": fake})
-        await engine.start()
-        try:
+        async with serving({"a": fake}) as engine:
             await embed(engine, ["short", "also short", long_text()], truncate=False)
-        finally:
-            await engine.close()
 
     with pytest.raises(InvalidInput) as caught:
         asyncio.run(main())
@@ -123,16 +125,12 @@ def test_token_ids_are_cut_or_refused_before_they_reach_an_upstream():
     fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
 
     async def main():
-        engine = engine_for({"a": fake})
-        await engine.start()
-        try:
+        async with serving({"a": fake}) as engine:
             await embed(engine, [[7] * 100])
             sent = embedding_requests(fake)[-1]["input"][0]
             with pytest.raises(InvalidInput, match=r"input\[1\] has 100 tokens"):
                 await embed(engine, [[7, 8], [7] * 100], truncate=False)
             return sent, len(embedding_requests(fake))
-        finally:
-            await engine.close()
 
     sent, calls = asyncio.run(main())
     assert len(sent) == MAX_TOKENS
@@ -147,10 +145,7 @@ def test_a_failing_upstream_leaves_the_rotation_and_comes_back_when_healthy(faul
     first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": first, "b": second})
-        await engine.start()
-        await eventually(lambda: all(s.verified for s in engine._states))
-        try:
+        async with serving({"a": first, "b": second}) as engine:
             first.fault = fault
             out = await embed(engine, ["def f(): pass"])
             assert not engine._states[0].verified  # out of rotation
@@ -161,8 +156,6 @@ def test_a_failing_upstream_leaves_the_rotation_and_comes_back_when_healthy(faul
             first.fault = None
             await eventually(lambda: engine._states[0].verified)
             return out, served_by_first
-        finally:
-            await engine.close()
 
     out, served_by_first = asyncio.run(main())
     assert np.allclose(out.vectors[0], vector_of("def f(): pass", DIM), atol=1e-6)
@@ -174,9 +167,7 @@ def test_with_no_good_upstream_the_request_is_a_retryable_5xx_without_param(faul
     only = FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": only})
-        await engine.start()
-        try:
+        async with serving({"a": only}) as engine:
             only.fault = fault
             with pytest.raises((Unavailable, UpstreamError)) as caught:
                 await embed(engine, ["x"])
@@ -185,8 +176,6 @@ def test_with_no_good_upstream_the_request_is_a_retryable_5xx_without_param(faul
             await eventually(lambda: engine.unavailable_reason() is None)
             recovered = await embed(engine, ["x"])
             return caught.value, reason, recovered
-        finally:
-            await engine.close()
 
     error, reason, recovered = asyncio.run(main())
     status, _ = status_of(error)
@@ -202,17 +191,13 @@ def test_an_idle_gateway_notices_a_dead_upstream_and_its_return():
     only = FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": only})
-        await engine.start()
-        try:
+        async with serving({"a": only}) as engine:
             only.fault = "down"
             await eventually(lambda: engine.unavailable_reason() is not None)
             reason = engine.unavailable_reason()
             only.fault = None
             await eventually(lambda: engine.unavailable_reason() is None)
             return reason
-        finally:
-            await engine.close()
 
     assert "ConnectError" in asyncio.run(main())
 
@@ -221,15 +206,11 @@ def test_a_request_rides_out_a_short_upstream_restart():
     only = FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": only})
-        await engine.start()
-        try:
+        async with serving({"a": only}) as engine:
             only.fault = "down"
             await eventually(lambda: engine.unavailable_reason() is not None)
             asyncio.get_running_loop().call_later(0.1, setattr, only, "fault", None)
             return await embed(engine, ["x"])
-        finally:
-            await engine.close()
 
     assert asyncio.run(main()).vectors.shape == (1, DIM)
 
@@ -238,16 +219,11 @@ def test_overloaded_upstreams_give_429_and_stay_in_rotation():
     first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": first, "b": second})
-        await engine.start()
-        await eventually(lambda: all(s.verified for s in engine._states))
-        try:
+        async with serving({"a": first, "b": second}) as engine:
             first.fault = second.fault = "429"
             with pytest.raises(QueueFull):
                 await embed(engine, ["x"])
             return [s.verified for s in engine._states]
-        finally:
-            await engine.close()
 
     assert asyncio.run(main()) == [True, True]
 
@@ -256,15 +232,10 @@ def test_a_refusal_fails_over_without_dropping_the_upstream():
     first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": first, "b": second})
-        await engine.start()
-        await eventually(lambda: all(s.verified for s in engine._states))
-        try:
+        async with serving({"a": first, "b": second}) as engine:
             first.fault = "400"
             out = await embed(engine, ["x"])
             return out, engine._states[0].verified
-        finally:
-            await engine.close()
 
     out, still_verified = asyncio.run(main())
     assert out.vectors.shape == (1, DIM)
@@ -275,16 +246,12 @@ def test_one_deadline_covers_every_retry_and_upstream():
     first, second = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
 
     async def main():
-        engine = engine_for({"a": first, "b": second}, upstream_timeout=0.5, upstream_retries=3)
-        await engine.start()
-        try:
+        async with serving({"a": first, "b": second}, upstream_timeout=0.5, upstream_retries=3) as engine:
             first.fault = second.fault = "hang"
             started = time.monotonic()
             with pytest.raises(Unavailable) as caught:
                 await embed(engine, ["x"])
             return caught.value, time.monotonic() - started
-        finally:
-            await engine.close()
 
     error, elapsed = asyncio.run(main())
     assert error.code == "upstream_timeout"
