@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -44,12 +46,39 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         await self.gateway.drain(self.drain_seconds)
-        # Stop accepting before closing connections: a connection accepted in the last instant
-        # gets its request answered (503, Connection: close) during the grace instead of a reset.
-        for listener in self.servers:
-            listener.close()
+        # Stop accepting before closing connections: connections that arrived in the last instant
+        # get their request answered (503, Connection: close) during the grace instead of a reset.
+        await self.close_listeners()
         await asyncio.sleep(CLOSE_GRACE_SECONDS)
         self.should_exit = True
+
+    async def close_listeners(self) -> None:
+        """Close the listening sockets without resetting anyone.
+
+        Closing a listening socket resets the connections the kernel has completed but the server
+        has not accepted yet. So the queue is emptied right before each close, with no await in
+        between, and those connections are served like any other.
+        """
+        queued: list[socket.socket] = []
+        for server in self.servers:
+            for listening in server.sockets:
+                sweep = socket.fromfd(listening.fileno(), listening.family, listening.type)
+                sweep.setblocking(False)
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    while True:
+                        queued.append(sweep.accept()[0])
+                sweep.close()
+            server.close()
+        loop = asyncio.get_running_loop()
+        for conn in queued:
+            conn.setblocking(False)
+            await loop.connect_accepted_socket(self._http_protocol, conn)
+
+    def _http_protocol(self) -> asyncio.Protocol:
+        # What uvicorn's own accept path builds for a connection (uvicorn/server.py, startup)
+        return self.config.http_protocol_class(
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
 
 
 def serve(settings: Settings) -> int:
