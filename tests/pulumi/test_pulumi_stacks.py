@@ -259,7 +259,8 @@ def test_secrets_set_by_the_user_are_used(run_stack) -> None:
         {"embedstack:gateway_api_key": "user-chosen-gateway-key-0123456789"},
         secret_keys=("embedstack:gateway_api_key",),
     )
-    assert [r.name for r in run.of_type("random:index/randomPassword:RandomPassword")] == [
+    # Pulumi registers resources concurrently: their order under the mocks is not fixed.
+    assert sorted(r.name for r in run.of_type("random:index/randomPassword:RandomPassword")) == [
         "es-a100-qdrant-key",
         "es-a100-vllm-key",
     ]
