@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "payload"))
 
-from embedstack.vllm_cpu import MAX_MODEL_LEN, VllmServer
+from embedstack.bench_upstream import models_file
+from embedstack.vllm_cpu import VllmServer
 from gateway_process import MODEL, Gateway, free_port
 
 
@@ -23,20 +24,11 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
         server.stop()
 
 
-def upstream_models_file(directory: Path, url: str) -> str:
-    path = directory / "models.yaml"
-    path.write_text(
-        f"models:\n  - id: {MODEL}\n    engine: upstream\n    dimension: 384\n    max_tokens: {MAX_MODEL_LEN}\n"
-        f"    upstreams:\n      - url: {url}\n"
-    )
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def gateways(vllm: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
     """Two gateways in front of the same vLLM: truncation on (the default) and off."""
     tmp = tmp_path_factory.mktemp("gateways")
-    models = upstream_models_file(tmp, vllm.url)
+    models = str(models_file(tmp, vllm.url))
     started = {
         "truncating": Gateway(tmp, env={"EMBEDSTACK_MODELS": models}),
         "strict": Gateway(tmp, env={"EMBEDSTACK_MODELS": models, "EMBEDSTACK_TRUNCATE": "false"}),

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def models_file(directory: Path, vllm_url: str) -> Path:
+    """A registry serving the bundled model through the vLLM at vllm_url (the bench and tests/vllm)."""
     path = directory / "models.yaml"
     path.write_text(
         f"models:\n  - id: {MODEL_NAME}\n    engine: upstream\n    dimension: 384\n    max_tokens: {MAX_MODEL_LEN}\n"
