@@ -1,4 +1,7 @@
-"""Run small Ansible plays against localhost with the repository's roles (shared by tests/ansible)."""
+"""Run small Ansible plays against localhost with the repository's roles, and check what they render or refuse.
+
+Shared by tests/ansible: each test module keeps only its own tables of inputs and expectations.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
@@ -24,12 +29,17 @@ def run_play(
     check: bool = False,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    must_pass: bool = True,
 ) -> tuple[subprocess.CompletedProcess[str], dict | None]:
     """Write `plays` to a playbook in workdir, run it on localhost with a local connection.
 
     Returns the finished process and the ansible.posix.json report (None if it could not be parsed).
+    Unless `must_pass` is false, a play that fails fails the calling test with the play's output.
     SSH_CONNECTION/SSH_CLIENT of the caller are removed so roles see no SSH session unless `env` sets one.
+    Skips the calling test where ansible-playbook is not installed next to this interpreter.
     """
+    if not ansible_available():
+        pytest.skip("ansible-playbook not found next to the test interpreter")
     playbook = workdir / "play.yml"
     playbook.write_text(json.dumps(plays, indent=2))  # JSON is YAML
     variables = {"ansible_python_interpreter": sys.executable, **(extra_vars or {})}
@@ -56,6 +66,8 @@ def run_play(
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
         report = None
+    if must_pass:
+        assert proc.returncode == 0 and report is not None, describe(proc)
     return proc, report
 
 
@@ -68,6 +80,15 @@ def task_results(report: dict) -> list[tuple[str, dict]]:
             if result is not None:
                 found.append((task["task"]["name"].split(" : ", 1)[-1], result))
     return found
+
+
+def render_task(template: Path, dest: Path, variables: dict | None = None) -> dict:
+    """A task that renders one of a role's templates to dest with `variables` on top of what the play has loaded."""
+    return {
+        "name": f"Render {template.name} to {dest.name}",
+        "ansible.builtin.template": {"src": str(template), "dest": str(dest), "mode": "0600"},
+        "vars": variables or {},
+    }
 
 
 def describe(proc: subprocess.CompletedProcess[str]) -> str:
@@ -104,9 +125,40 @@ def run_cases(
         )
     tasks.append({"name": "Report the outcomes", "ansible.builtin.debug": {"var": "outcomes"}})
     plays = [{"name": "Cases", "hosts": "localhost", "gather_facts": False, "vars": {"outcomes": {}}, "tasks": tasks}]
-    proc, report = run_play(plays, workdir, check=check)
-    assert proc.returncode == 0 and report is not None, describe(proc)
+    _, report = run_play(plays, workdir, check=check)
     results = task_results(report)
     outcomes = next(result["outcomes"] for name, result in results if name == "Report the outcomes")
     assert set(outcomes) == set(cases), outcomes
     return outcomes, results
+
+
+def assert_outcome(outcomes: dict[str, str], case: str, refused_with: tuple[str, ...]) -> None:
+    """Check one outcome of run_cases: with no `refused_with` the case passed, otherwise it failed
+    with a message containing every one of them (the variable, the bad value, what is allowed instead)."""
+    message = outcomes[case]
+    if not refused_with:
+        assert message == "passed", (case, message)
+        return
+    assert message != "passed", f"{case} was accepted"
+    for needle in refused_with:
+        assert needle in message, (case, message)
+
+
+def unit_settings(unit: str) -> dict[str, list[str]]:
+    """The Key=value lines of a rendered systemd unit; a key set on several lines (Environment=) keeps every value."""
+    settings: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith(("#", " ")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+# The sandbox settings the qdrant and vllm units share; each test adds what its own service needs on top.
+HARDENED_SERVICE = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "CapabilityBoundingSet": "",
+}

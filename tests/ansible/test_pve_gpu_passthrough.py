@@ -59,7 +59,8 @@ class Host:
             **role_vars,
         }
         play = {"name": "GPU passthrough", "hosts": "localhost", "gather_facts": False, "vars": variables}
-        proc, report = run_play([{**play, "roles": ["pve_gpu_passthrough"]}], workdir)
+        # the play may fail: the caller gets the failed task
+        proc, report = run_play([{**play, "roles": ["pve_gpu_passthrough"]}], workdir, must_pass=False)
         assert report is not None, describe(proc)
         failed = [
             result
@@ -69,6 +70,14 @@ class Host:
         ]
         assert bool(failed) == (proc.returncode != 0), describe(proc)
         return report["stats"]["localhost"], failed[0] if failed else None
+
+    def assert_reapplying_changes_nothing(self, **role_vars: object) -> None:
+        """The role is idempotent: a second run with the same variables changes no line and restarts nothing."""
+        before = self.conf.read_text()
+        stats, failed = self.apply(**role_vars)
+        assert failed is None and stats["changed"] == 0, stats
+        assert self.conf.read_text() == before
+        assert not self.marker.exists(), "the container was restarted although nothing changed"
 
     def main_section(self) -> list[str]:
         text = self.conf.read_text()
@@ -106,11 +115,7 @@ def test_dev_syntax_adds_entries_once_and_restarts_a_running_container_once(host
     assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/embedstack-nvidia-uvm.service"
 
     host.marker.unlink()
-    before = host.conf.read_text()
-    stats, failed = host.apply(pve_gpu_passthrough_dev_mode="0666")
-    assert failed is None and stats["changed"] == 0, stats
-    assert host.conf.read_text() == before
-    assert not host.marker.exists(), "the container was restarted although nothing changed"
+    host.assert_reapplying_changes_nothing(pve_gpu_passthrough_dev_mode="0666")
 
 
 def test_classic_syntax_is_idempotent_and_a_stopped_container_is_not_restarted(host: Host) -> None:
@@ -122,11 +127,7 @@ def test_classic_syntax_is_idempotent_and_a_stopped_container_is_not_restarted(h
     assert unrelated(lines) == MAIN.splitlines(), "a line the role does not own changed"
     assert not host.marker.exists(), "a stopped container was restarted"
 
-    before = host.conf.read_text()
-    stats, failed = host.apply(pve_gpu_passthrough_syntax="classic")
-    assert failed is None and stats["changed"] == 0, stats
-    assert host.conf.read_text() == before
-    assert not host.marker.exists(), "the container was restarted although nothing changed"
+    host.assert_reapplying_changes_nothing(pve_gpu_passthrough_syntax="classic")
 
 
 def test_switching_syntax_removes_the_other_syntax_lines(host: Host) -> None:
