@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gce_metadata_standin import GceMetadataStandin
-from gcs_standin import GcsStandin
+from standins.gce_metadata import GceMetadataStandin
+from standins.gcs import GcsStandin
 
 
 @pytest.fixture

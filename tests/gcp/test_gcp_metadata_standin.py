@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from gce_metadata_standin import GceMetadataStandin
+from standins.gce_metadata import GceMetadataStandin
 
 GOOGLE = {"Metadata-Flavor": "Google"}
 V1 = "/computeMetadata/v1/"

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from embedstack.errors import ConfigError
 from embedstack.preempt import DEFAULT_ACTIONS, PreemptionWatcher, WatchSettings, load_watch_settings
+from standins.base import StandinHandler, StandinServer
 
 HERE = Path(__file__).parent
 STOP_PROCESS = HERE / "stop_process.py"
@@ -137,37 +137,26 @@ def test_an_absent_metadata_server_is_retried_with_back_off_not_in_a_busy_loop(t
     assert 2 <= watcher.errors <= 7  # 0.5, 1, 1 ... s apart
 
 
-class _NoWaitHandler(BaseHTTPRequestHandler):
+class _NoWaitHandler(StandinHandler):
     """A server that ignores wait_for_change and answers FALSE at once, with or without the flavor."""
 
+    protocol_version = "HTTP/1.0"
+    routes = (("GET", ".*", "preempted"),)
     flavor = True
 
-    def log_message(self, format, *args):
-        pass
-
-    def do_GET(self):
-        self.send_response(200)
-        if self.flavor:
-            self.send_header("Metadata-Flavor", "Google")
-        self.send_header("Content-Length", "5")
-        self.end_headers()
-        self.wfile.write(b"FALSE")
+    def preempted(self):
+        self.send(200, b"FALSE", None, {"Metadata-Flavor": "Google"} if self.flavor else None)
 
 
 @pytest.mark.parametrize("flavor", [True, False], ids=["ignores-wait", "not-a-metadata-server"])
 def test_a_server_answering_at_once_is_polled_at_most_once_a_second(flavor, tmp_path):
     handler = type("H", (_NoWaitHandler,), {"flavor": flavor})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        watcher = PreemptionWatcher(settings(f"http://127.0.0.1:{server.server_port}", (("true",),), backoff_max=1))
+    with StandinServer(handler) as server:
+        watcher = PreemptionWatcher(settings(server.url, (("true",),), backoff_max=1))
         thread, result = run_in_thread(watcher)
         time.sleep(2.5)
         watcher.stop()
         thread.join(5)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result == [None]
     assert watcher.polls <= 4
     assert (watcher.errors > 0) is not flavor

@@ -5,22 +5,17 @@ failure exits non-zero and keeps it."""
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
-from gcs_standin import GcsStandin
+from standins.gcs import GcsStandin
+from standins.qdrant import QdrantSnapshotStandin
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "qdrant_snapshots"
@@ -28,124 +23,6 @@ SCRIPT = ROLE / "files" / "qdrant-snapshot-upload"
 BUCKET = "es-test-qdrant-snapshots"
 API_KEY = "qdrant-test-key-" + "k" * 16
 HOST = socket.gethostname().split(".")[0]
-
-
-class QdrantSnapshotStandin:
-    """NOT Qdrant: a stand-in for the full-storage snapshot API as Qdrant documents it
-    (https://api.qdrant.tech/api-reference/snapshots/create-full-snapshot and its list, download
-    and delete siblings), for tests only:
-
-      POST   /snapshots          → {"result": {"name", "creation_time", "size", "checksum"}, "status": "ok", "time"}
-      GET    /snapshots/<name>   → the snapshot's bytes (application/octet-stream)
-      DELETE /snapshots/<name>   → {"result": true, "status": "ok", "time"}
-
-    Every call needs the `api-key` header: missing or wrong, it answers 401 like Qdrant does
-    ({"status": {"error": ...}, "time"}); an unknown snapshot is 404.
-    """
-
-    def __init__(self, api_key: str, size: int) -> None:
-        self.api_key, self.size = api_key, size
-        self.snapshots: dict[str, bytes] = {}
-        self.deleted: dict[str, bytes] = {}  # name → bytes of each deleted snapshot, for the tests
-        self.lock = threading.Lock()
-        handler = type("Handler", (_QdrantHandler,), {"standin": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> QdrantSnapshotStandin:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-class _QdrantHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    standin: QdrantSnapshotStandin
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _json(self, status: int, payload: dict) -> None:
-        data = json.dumps({**payload, "time": 0.001}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _snapshot(self) -> str | None:
-        """The snapshot name of /snapshots/<name>, None for /snapshots; 401/404 answered here."""
-        key = self.headers.get("api-key")
-        if key != self.standin.api_key:
-            error = "Must provide an API key or an Authorization bearer token" if key is None else "Invalid api-key"
-            self._json(401, {"status": {"error": error}})
-            raise _Answered
-        path = urllib.parse.urlsplit(self.path).path
-        if path == "/snapshots":
-            return None
-        if not path.startswith("/snapshots/"):
-            self._json(404, {"status": {"error": f"Not found: {path}"}})
-            raise _Answered
-        name = urllib.parse.unquote(path[len("/snapshots/") :])
-        with self.standin.lock:
-            if name not in self.standin.snapshots:
-                self._json(404, {"status": {"error": f"Not found: Snapshot {name} not found"}})
-                raise _Answered
-        return name
-
-    def do_POST(self) -> None:
-        try:
-            if self._snapshot() is not None:
-                return self._json(405, {"status": {"error": "Method Not Allowed"}})
-        except _Answered:
-            return
-        name = f"full-snapshot-{time.strftime('%Y-%m-%d-%H-%M-%S')}-{secrets.token_hex(3)}.snapshot"
-        data = os.urandom(self.standin.size)
-        with self.standin.lock:
-            self.standin.snapshots[name] = data
-        result = {"name": name, "creation_time": time.strftime("%Y-%m-%dT%H:%M:%S"), "size": len(data)}
-        self._json(200, {"result": result, "status": "ok"})
-
-    def do_GET(self) -> None:
-        try:
-            name = self._snapshot()
-        except _Answered:
-            return
-        if name is None:
-            with self.standin.lock:
-                listed = [{"name": n, "size": len(d)} for n, d in self.standin.snapshots.items()]
-            return self._json(200, {"result": listed, "status": "ok"})
-        data = self.standin.snapshots[name]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_DELETE(self) -> None:
-        try:
-            name = self._snapshot()
-        except _Answered:
-            return
-        if name is None:
-            return self._json(405, {"status": {"error": "Method Not Allowed"}})
-        with self.standin.lock:
-            self.standin.deleted[name] = self.standin.snapshots.pop(name)
-        self._json(200, {"result": True, "status": "ok"})
-
-
-class _Answered(Exception):
-    pass
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The GCP project around the end-to-end test's VM: network, metadata server and bucket.
 
 STAND-INS (see gcp_vm_lab.py): the GCE metadata server and Cloud Storage are
-tests/gcp/gce_metadata_standin.py and tests/gcp/gcs_standin.py, bound to 10.217.0.1 on the
+tests/standins/gce_metadata.py and tests/standins/gcs.py, bound to 10.217.0.1 on the
 test's own bridge esgcp0; the VM is a Debian 12 systemd container. Everything the fixture makes
 is removed before it starts (leftovers of an interrupted run) and after the module, pass or fail.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import gcp_vm_lab as lab
 import pytest
-from gce_metadata_standin import GceMetadataStandin
-from gcs_standin import GcsStandin
+from standins.gce_metadata import GceMetadataStandin
+from standins.gcs import GcsStandin
 
 
 @dataclass

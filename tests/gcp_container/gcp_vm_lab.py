@@ -7,7 +7,7 @@ server; the roles run with `ansible-playbook -c local` from the bundle that pulu
 builds; the gateway, the preemption watcher and their systemd units are what the roles install.
 
 What stands in for Google (each says so where it is defined):
-- GCE's metadata server and Cloud Storage: tests/gcp/gce_metadata_standin.py and gcs_standin.py,
+- GCE's metadata server and Cloud Storage: tests/standins/gce_metadata.py and gcs.py,
   bound to the bridge address 10.217.0.1; the container's /etc/hosts maps
   metadata.google.internal to it, as GCE's DHCP/DNS would.
 - google-guest-agent: two small units (GUEST_AGENT_UNITS) that fetch the startup-script at every
@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-for _extra in (REPO / "pulumi", REPO / "tests" / "gcp"):
+for _extra in (REPO / "pulumi", REPO / "tests"):  # tests: the stand-ins package
     if str(_extra) not in sys.path:
         sys.path.insert(0, str(_extra))
 

@@ -8,7 +8,7 @@ PyPI inside the VM; the roles; the GPU tier's chain, the gateway in front of the
 cpu build) serving all-MiniLM-L6-v2; the preemption watcher and the systemd shutdown of the VM.
 
 STAND-INS (gcp_vm_lab.py, conftest.py): the GCE metadata server and Cloud Storage
-(tests/gcp/*_standin.py); google-guest-agent (two small units); GCE's preemption (metadata
+(tests/standins/); google-guest-agent (two small units); GCE's preemption (metadata
 `preempted` flips to TRUE while `lxc-stop -t 30` delivers the soft-off, i.e. systemd poweroff,
 with a hard kill at 30 s); the managed instance group's recreate (a fresh container from the base
 rootfs at the same address, standing in for the load balancer's stable address); the GPU (vLLM's
@@ -212,7 +212,9 @@ def test_preemption_under_roo_load_loses_no_request(gce):
         if m.startswith("Stopped ") or m.endswith("Deactivated successfully.")
     ]
     killed = [m for _, m in gateway if "Killing process" in m or "timed out" in m or "SIGKILL" in m]
-    drain_lines = [m.split("embedstack.service: ", 1)[-1] for _, m in gateway if "embedstack.service: drain" in m]
+    drain_lines = [
+        m.split("embedstack.served_models: ", 1)[-1] for _, m in gateway if "embedstack.served_models: drain" in m
+    ]
     drain_time = stopped[0] - notice_wall if stopped else None
     off_time = off["at"] - notice if "at" in off else None
     say(

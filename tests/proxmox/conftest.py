@@ -1,8 +1,8 @@
-"""Fixtures that run the Proxmox VE API stand-in (pve_standin.py) as a real HTTPS server process.
+"""Fixtures that run the Proxmox VE API stand-in (tests/standins/pve/) as a real HTTPS server process.
 
 The stand-in creates real privileged LXC containers, so these tests need root, LXC and the cached
 Debian 12 rootfs that `make lab` builds. Everything they create is removed also when a test fails:
-the server tears its node down on SIGTERM, and `pve_standin.py cleanup` runs before and after.
+the server tears its node down on SIGTERM, and `python -m standins.pve cleanup` runs before and after.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from standin_node import (
     FOREIGN_VM,
     STANDIN,
     TEMPLATE,
+    TESTS,
     TOKEN_ID,
     TOKEN_SECRET,
     Node,
@@ -53,7 +53,8 @@ def standin(tmp_path_factory) -> Iterator[Node]:
     cleanup(settings_file)  # a node starts empty, whatever an interrupted run left
     log = (work / "standin.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, str(STANDIN), "serve", "--config", str(settings_file), "--ready-file", str(ready)],
+        [*STANDIN, "serve", "--config", str(settings_file), "--ready-file", str(ready)],
+        cwd=TESTS,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -1,4 +1,4 @@
-"""Helpers for the tests that talk to the Proxmox VE API stand-in (pve_standin.py)."""
+"""Helpers for the tests that talk to the Proxmox VE API stand-in (tests/standins/pve/)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STANDIN = HERE / "pve_standin.py"
+# the stand-in runs as its own process: `python -m standins.pve` with tests/ as the working directory
+TESTS = HERE.parent
+STANDIN = [sys.executable, "-m", "standins.pve"]
 BASE_ROOTFS = Path("/var/cache/embedstack/bookworm-base")
 TOKEN_ID = "root@pam!embedstack"
 TOKEN_SECRET = "4c1b2d8e-5f3a-4e7b-9c0d-standin-test"  # a test-only secret for a loopback server
@@ -77,7 +79,7 @@ class Node:
 
 
 def cleanup(settings_file: Path) -> None:
-    subprocess.run([sys.executable, str(STANDIN), "cleanup", "--config", str(settings_file)], check=True, timeout=180)
+    subprocess.run([*STANDIN, "cleanup", "--config", str(settings_file)], cwd=TESTS, check=True, timeout=180)
 
 
 def ct_params(vmid: int, ip: str, ssh_key: Path, **extra) -> dict:

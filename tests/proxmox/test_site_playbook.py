@@ -1,4 +1,4 @@
-"""ansible/site.yml and ansible/teardown.yml against the Proxmox VE API stand-in (pve_standin.py, not
+"""ansible/site.yml and ansible/teardown.yml against the Proxmox VE API stand-in (tests/standins/pve/, not
 Proxmox VE: none can run here), end to end.
 
 The inventory is the repository's sample, inventories/proxmox, with one more inventory source on top

@@ -9,7 +9,8 @@ object:
   GET /storage/v1/b/<bucket>/o/<url-encoded object>                       its metadata (storage#object)
   GET /download/storage/v1/b/<bucket>/o/<url-encoded object>?alt=media   the mediaLink form
 
-and the one call the Qdrant snapshot upload makes (.../storage/docs/json_api/v1/objects/insert):
+and the one call the Qdrant snapshot upload makes (.../storage/docs/json_api/v1/objects/insert,
+.../storage/docs/uploading-objects "JSON API" simple upload):
 
   POST /upload/storage/v1/b/<bucket>/o?uploadType=media&name=<url-encoded object>
        body: the object's bytes; answers the new object's resource (storage#object)
@@ -26,24 +27,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up (a watcher stopped mid-wait) is normal here, not a traceback."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+from standins.base import StandinHandler, StandinServer
 
 
 @dataclass
@@ -62,47 +52,44 @@ def _rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandinHandler):
     server_version = "UploadServer"
-    sys_version = ""
+    # the object is ONE encoded path segment; the bucket may even be empty (then it does not exist)
+    routes = (
+        ("GET", r"(?:/download)?/storage/v1/b/(?P<bucket>[^/]*)/o/(?P<name>[^/]+)", "get_object"),
+        ("POST", r"/upload/storage/v1/b/(?P<bucket>[^/]*)/o", "insert_object"),
+        ("PUT", ".*", "not_allowed"),
+        ("DELETE", ".*", "not_allowed"),
+    )
     standin: GcsStandin
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
     def _json(self, status: int, payload: object, extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload, indent=2).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, payload, extra, "application/json; charset=UTF-8", indent=2)
 
     def _error(self, status: int, message: str, reason: str, **detail: str) -> None:
         error = {"message": message, "domain": "global", "reason": reason, **detail}
         extra = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'} if status == 401 else None
         self._json(status, {"error": {"code": status, "message": message, "errors": [error]}}, extra)
 
-    def do_GET(self) -> None:
-        standin = self.standin
-        with standin.lock:
-            standin.requests += 1
-        url = urllib.parse.urlsplit(self.path)
-        raw = url.path
-        if raw.startswith("/download/"):
-            raw = raw[len("/download") :]
-        parts = raw.split("/")
-        # ['', 'storage', 'v1', 'b', <bucket>, 'o', <object>]: the object is ONE encoded segment.
-        if len(parts) != 7 or parts[1:4] != ["storage", "v1", "b"] or parts[5] != "o" or not parts[6]:
-            self._error(404, "Not Found", "notFound")
-            return
-        bucket = urllib.parse.unquote(parts[4])
-        name = urllib.parse.unquote(parts[6])
-        query = dict(urllib.parse.parse_qsl(url.query))
+    def guard(self) -> bool:
+        if self.command == "POST":
+            # The body is read first, so an error answer never leaves the client blocked mid-send.
+            length = self.headers.get("Content-Length")
+            self.body = self.rfile.read(int(length)) if length and length.isdigit() else b""
+        return True
 
+    def no_route(self) -> None:
+        if self.command == "GET":
+            self._error(404, "Not Found", "notFound")
+        else:
+            self.not_allowed()
+
+    def not_allowed(self) -> None:
+        self._error(405, "Method not allowed by the stand-in", "methodNotAllowed")
+
+    def get_object(self, bucket: str, name: str) -> None:
+        standin, query = self.standin, self.query
+        bucket, name = urllib.parse.unquote(bucket), urllib.parse.unquote(name)
         if not self._authorized("storage.objects.get", bucket, standin.readable_buckets):
             return
         with standin.lock:
@@ -124,13 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         if query.get("alt") == "media":
             with standin.lock:
                 standin.downloads.append(name)
-            self.send_response(200)
-            self.send_header("Content-Type", obj.content_type)
-            self.send_header("Content-Length", str(len(obj.data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(obj.data)
+            self.send(200, obj.data, obj.content_type, headers)
             return
         if query.get("alt", "json") != "json":
             self._error(400, f"Invalid value for alt: {query['alt']}", "invalidParameter", location="alt")
@@ -164,26 +145,14 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def do_POST(self) -> None:
-        """Simple (media) upload: POST /upload/storage/v1/b/<bucket>/o?uploadType=media&name=<name>
-        (https://cloud.google.com/storage/docs/uploading-objects#uploading-an-object, JSON API)."""
-        standin = self.standin
-        with standin.lock:
-            standin.requests += 1
-        url = urllib.parse.urlsplit(self.path)
-        parts = url.path.split("/")
+    def insert_object(self, bucket: str) -> None:
+        """Simple (media) upload: POST /upload/storage/v1/b/<bucket>/o?uploadType=media&name=<name>."""
+        standin, query = self.standin, self.query
         length = self.headers.get("Content-Length")
-        # The body is read first, so an error answer never leaves the client blocked mid-send.
-        body = self.rfile.read(int(length)) if length and length.isdigit() else b""
-        # ['', 'upload', 'storage', 'v1', 'b', <bucket>, 'o']
-        if len(parts) != 7 or parts[1:5] != ["upload", "storage", "v1", "b"] or parts[6] != "o":
-            self._error(405, "Method not allowed by the stand-in", "methodNotAllowed")
-            return
         if length is None or not length.isdigit():
             self._error(411, "Length Required", "required", locationType="header", location="Content-Length")
             return
-        bucket = urllib.parse.unquote(parts[5])
-        query = dict(urllib.parse.parse_qsl(url.query))
+        bucket = urllib.parse.unquote(bucket)
         if query.get("uploadType") != "media":
             self._error(400, f"Invalid upload type: {query.get('uploadType')!r}", "invalidParameter")
             return
@@ -200,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 missing = False
                 standin._generation += 1
                 obj = StoredObject(
-                    body,
+                    self.body,
                     self.headers.get("Content-Type", "application/octet-stream"),
                     standin._generation,
                     time.time(),
@@ -211,11 +180,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "The specified bucket does not exist.", "notFound")
             return
         self._json(200, standin.resource(bucket, name, obj))
-
-    def do_PUT(self) -> None:
-        self._error(405, "Method not allowed by the stand-in", "methodNotAllowed")
-
-    do_DELETE = do_PUT
 
 
 class GcsStandin:
@@ -239,17 +203,17 @@ class GcsStandin:
         self.buckets: dict[str, dict[str, StoredObject]] = {}
         self.downloads: list[str] = []
         self.uploads: list[str] = []
-        self.requests = 0
         self._generation = 1700000000000000
-        handler = type("Handler", (_Handler,), {"standin": self})
-        self._server = _QuietServer((bind, port), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._server = StandinServer(_Handler, self, bind=bind, port=port)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
+
+    @property
+    def requests(self) -> int:
+        """How many reads and uploads were asked for, answered or refused."""
+        return sum(1 for entry in self._server.log if entry["method"] in ("GET", "POST"))
 
     def resource(self, bucket: str, name: str, obj: StoredObject) -> dict[str, str]:
         """The storage#object resource, as objects.get and the uploads answer it."""
@@ -283,15 +247,11 @@ class GcsStandin:
             self.buckets.setdefault(bucket, {})[name] = StoredObject(data, content_type, self._generation, time.time())
 
     def start(self) -> GcsStandin:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._server.close()
 
     def __enter__(self) -> GcsStandin:
         return self.start()

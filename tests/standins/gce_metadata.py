@@ -21,9 +21,9 @@ value is returned; `?alt=json` returns the value as JSON.
 Test control: the methods set_attribute(), preempt(), fail_next(); optionally also a control
 HTTP API on a separate port (POST /preempt, POST /attributes/<key> with the value as body,
 POST /fail?count=N&status=S, GET /tokens) so a process in a container can be driven from outside.
-Usable as a context manager, or standalone:
+Usable as a context manager, or standalone (from tests/, or with PYTHONPATH=tests):
 
-  python tests/gcp/gce_metadata_standin.py --bind 10.213.0.1 --port 80 --control-port 8099 \\
+  python -m standins.gce_metadata --bind 10.213.0.1 --port 80 --control-port 8099 \\
       --attribute embedstack-tier=embedding --attribute-file embedstack-secrets=secrets.yml \\
       --storage-port 8091 --object gs://bucket/bundle-abc.tar.gz=bundle.tar.gz
 """
@@ -35,23 +35,13 @@ import contextlib
 import hashlib
 import json
 import secrets
-import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up (a watcher stopped mid-wait) is normal here, not a traceback."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
+from standins.base import StandinHandler, StandinServer, stop_on_signal
+from standins.gcs import GcsStandin
 
 PREFIX = "/computeMetadata/v1/"
 # Google's server caps a hanging GET; so does the stand-in, to keep tests and shutdown bounded.
@@ -99,69 +89,63 @@ class MetadataState:
         return _etag(self.values.get(path, ""), self.versions.get(path, 0))
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StandinHandler):
     server_version = "Metadata Server for VM"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    state: MetadataState
+    routes = (
+        *((m, PREFIX + "instance/attributes", "redirect") for m in ("GET", "HEAD")),
+        *((m, PREFIX + "instance/service-accounts/default/token", "token") for m in ("GET", "HEAD")),
+        *((m, PREFIX + "(?P<path>.*)", "value") for m in ("GET", "HEAD")),
+        *((m, ".*", "not_allowed") for m in ("POST", "PUT", "DELETE")),
+    )
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    @property
+    def state(self) -> MetadataState:
+        return self.standin.state
 
     def _send(self, status: int, body: str, content_type: str = "application/text", etag: str | None = None) -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Metadata-Flavor", "Google")
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        if etag:
-            self.send_header("ETag", etag)
-        self.send_header("X-XSS-Protection", "0")
-        self.send_header("X-Frame-Options", "SAMEORIGIN")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        headers = {"Metadata-Flavor": "Google", **({"ETag": etag} if etag else {})}
+        headers.update({"X-XSS-Protection": "0", "X-Frame-Options": "SAMEORIGIN"})
+        self.send(status, body.encode(), content_type, headers)
 
     def _error(self, status: int, text: str) -> None:
         self._send(status, f"<!DOCTYPE html>\n<html><title>Error {status}</title><p>{text}</p></html>\n", "text/html")
 
-    def do_GET(self) -> None:
+    def guard(self) -> bool:
+        if self.command not in ("GET", "HEAD"):
+            return True
         state = self.state
         with state.cond:
             state.requests += 1
             failure = state.failures.pop(0) if state.failures else None
         if failure is not None:
             self._error(failure, "Injected failure (stand-in test control).")
-            return
+            return False
         if self.headers.get("X-Forwarded-For") is not None:
             self._error(403, "Your client does not have permission to get URL from this server.")
-            return
+            return False
         if self.headers.get("Metadata-Flavor") != "Google":
             self._error(
                 403,
                 f"Your client does not have permission to get URL <code>{self.path}</code> from this server. "
                 "Missing Metadata-Flavor:Google header.",
             )
-            return
-        url = urllib.parse.urlsplit(self.path)
-        if not url.path.startswith(PREFIX):
-            self._error(404, "The requested URL was not found on this server.")
-            return
-        path = url.path[len(PREFIX) :]
-        query = dict(urllib.parse.parse_qsl(url.query))
-        if path == "instance/attributes":
-            # Like the real server: a directory without its slash redirects.
-            self.send_response(301)
-            self.send_header("Location", PREFIX + "instance/attributes/")
-            self.send_header("Metadata-Flavor", "Google")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if path == "instance/service-accounts/default/token":
-            self._token()
-            return
+            return False
+        return True
+
+    def no_route(self) -> None:
+        self._error(404, "The requested URL was not found on this server.")
+
+    def not_allowed(self) -> None:
+        self._error(405, "Method Not Allowed")
+
+    def redirect(self) -> None:
+        # Like the real server: a directory without its slash redirects.
+        self.send(301, b"", None, {"Location": PREFIX + "instance/attributes/", "Metadata-Flavor": "Google"})
+
+    def value(self, path: str) -> None:
+        state, query = self.state, self.query
         if path != "instance/attributes/" and path not in state.values:
-            self._error(404, "The requested URL was not found on this server.")
+            self.no_route()
             return
         if query.get("wait_for_change", "").lower() == "true":
             try:
@@ -183,13 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "".join(f"{k}\n" for k in attrs), "application/text", etag)
             return
         if value is None:  # removed while waiting
-            self._error(404, "The requested URL was not found on this server.")
+            self.no_route()
         elif query.get("alt") == "json":
             self._send(200, json.dumps(value), "application/json", etag)
         else:
             self._send(200, value, "application/text", etag)
-
-    do_HEAD = do_GET
 
     def _wait(self, path: str, last_etag: str | None, timeout: float) -> None:
         state = self.state
@@ -204,57 +186,45 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 state.cond.wait(min(left, 0.5))
 
-    def _token(self) -> None:
+    def token(self) -> None:
         token = "ya29.standin-" + secrets.token_urlsafe(24)
         with self.state.cond:
             self.state.tokens[token] = time.monotonic() + TOKEN_LIFETIME
         body = json.dumps({"access_token": token, "expires_in": TOKEN_LIFETIME, "token_type": "Bearer"})
         self._send(200, body, "application/json")
 
-    def do_POST(self) -> None:
-        self._error(405, "Method Not Allowed")
 
-    do_PUT = do_DELETE = do_POST
-
-
-class _ControlHandler(BaseHTTPRequestHandler):
+class _ControlHandler(StandinHandler):
     """Test control on its own port: never reachable through the metadata paths."""
 
-    protocol_version = "HTTP/1.1"
-    standin: GceMetadataStandin
+    routes = (
+        ("POST", "/preempt", "preempt"),
+        ("POST", "/attributes/(?P<key>.*)", "set_attribute"),
+        ("POST", "/fail", "fail"),
+        ("GET", "/tokens", "tokens"),
+    )
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    def guard(self) -> bool:
+        self.body = self.read_body().decode() if self.command == "POST" else ""
+        return True
 
-    def _reply(self, status: int, payload: object) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def no_route(self) -> None:
+        self.send_json(404, {"error": "unknown control path"})
 
-    def do_POST(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-        query = dict(urllib.parse.parse_qsl(url.query))
-        if url.path == "/preempt":
-            self.standin.preempt()
-            self._reply(200, {"preempted": "TRUE", "at": time.time()})
-        elif url.path.startswith("/attributes/"):
-            self.standin.set_attribute(urllib.parse.unquote(url.path[len("/attributes/") :]), body)
-            self._reply(200, {"ok": True})
-        elif url.path == "/fail":
-            self.standin.fail_next(int(query.get("count", "1")), int(query.get("status", "503")))
-            self._reply(200, {"ok": True})
-        else:
-            self._reply(404, {"error": "unknown control path"})
+    def preempt(self) -> None:
+        self.standin.preempt()
+        self.send_json(200, {"preempted": "TRUE", "at": time.time()})
 
-    def do_GET(self) -> None:
-        if self.path == "/tokens":
-            self._reply(200, {"issued": len(self.standin.state.tokens), "requests": self.standin.state.requests})
-        else:
-            self._reply(404, {"error": "unknown control path"})
+    def set_attribute(self, key: str) -> None:
+        self.standin.set_attribute(urllib.parse.unquote(key), self.body)
+        self.send_json(200, {"ok": True})
+
+    def fail(self) -> None:
+        self.standin.fail_next(int(self.query.get("count", "1")), int(self.query.get("status", "503")))
+        self.send_json(200, {"ok": True})
+
+    def tokens(self) -> None:
+        self.send_json(200, {"issued": len(self.standin.state.tokens), "requests": self.standin.state.requests})
 
 
 class GceMetadataStandin:
@@ -278,34 +248,23 @@ class GceMetadataStandin:
             {"hostname": hostname, "zone": f"projects/{project_number}/zones/{zone}", "id": instance_id},
             project_id,
         )
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self._server = _QuietServer((bind, port), handler)
-        self._server.daemon_threads = True
-        self._control: ThreadingHTTPServer | None = None
+        self._server = StandinServer(_Handler, self, bind=bind, port=port)
+        self._control = None
         if control_port is not None:
-            control = type("Control", (_ControlHandler,), {"standin": self})
-            self._control = _QuietServer((bind, control_port), control)
-            self._control.daemon_threads = True
-        self._threads: list[threading.Thread] = []
+            self._control = StandinServer(_ControlHandler, self, bind=bind, port=control_port)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     @property
     def control_url(self) -> str | None:
-        if self._control is None:
-            return None
-        host, port = self._control.server_address[:2]
-        return f"http://{host}:{port}"
+        return None if self._control is None else self._control.url
 
     def start(self) -> GceMetadataStandin:
         for server in (self._server, self._control):
             if server is not None:
-                thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-                thread.start()
-                self._threads.append(thread)
+                server.start()
         return self
 
     def close(self) -> None:
@@ -314,10 +273,7 @@ class GceMetadataStandin:
             self.state.cond.notify_all()
         for server in (self._server, self._control):
             if server is not None:
-                server.shutdown()
-                server.server_close()
-        for thread in self._threads:
-            thread.join(5)
+                server.close()
 
     def __enter__(self) -> GceMetadataStandin:
         return self.start()
@@ -363,14 +319,13 @@ def main() -> None:
     for item in args.attribute_file:
         key, path = item.split("=", 1)
         attributes[key] = Path(path).read_text()
+    stop = stop_on_signal()
     with contextlib.ExitStack() as stack:
         standin = stack.enter_context(
             GceMetadataStandin(attributes, bind=args.bind, port=args.port, control_port=args.control_port)
         )
         print(f"metadata stand-in on {standin.url}, control on {standin.control_url}", flush=True)
         if args.storage_port is not None:
-            from gcs_standin import GcsStandin
-
             gcs = GcsStandin(standin.token_valid, bind=args.bind, port=args.storage_port)
             for item in args.object:
                 url, path = item.split("=", 1)
@@ -378,8 +333,8 @@ def main() -> None:
                 gcs.put_object(bucket, name, Path(path).read_bytes())
             stack.enter_context(gcs)
             print(f"storage stand-in on {gcs.url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+        while not stop.wait(1):
+            pass
 
 
 if __name__ == "__main__":
