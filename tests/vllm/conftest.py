@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "payload"))
 
-from embedstack.bench_upstream import models_file
-from embedstack.vllm_cpu import VllmServer
-from gateway_process import MODEL, Gateway, free_port
+from gateway_process import MODEL, GatewayProcess, free_port
+from upstream_bench import models_file
+from vllm_cpu import VllmServer
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,13 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
 
 
 @pytest.fixture(scope="module")
-def gateways(vllm: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
+def gateways(vllm: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
     """Two gateways in front of the same vLLM: truncation on (the default) and off."""
     tmp = tmp_path_factory.mktemp("gateways")
     models = str(models_file(tmp, vllm.url))
     started = {
-        "truncating": Gateway(tmp, env={"EMBEDSTACK_MODELS": models}),
-        "strict": Gateway(tmp, env={"EMBEDSTACK_MODELS": models, "EMBEDSTACK_TRUNCATE": "false"}),
+        "truncating": GatewayProcess(tmp, env={"EMBEDSTACK_MODELS": models}),
+        "strict": GatewayProcess(tmp, env={"EMBEDSTACK_MODELS": models, "EMBEDSTACK_TRUNCATE": "false"}),
     }
     try:
         yield {name: gw.wait_ready() for name, gw in started.items()}

@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from embedstack.vllm_cpu import MAX_MODEL_LEN, bundled_model_path
 from gateway_process import MODEL
+from vllm_cpu import MAX_MODEL_LEN, bundled_model_path
 
 CODE = [
     "def fibonacci(n: int) -> int:\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",

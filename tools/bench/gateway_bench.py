@@ -1,4 +1,4 @@
-"""Benchmark of the gateway against sentence-transformers on this machine: `python -m embedstack.bench`.
+"""Benchmark of the gateway against sentence-transformers on this machine: `python tools/bench/gateway_bench.py`.
 
 It prints figures; it is a report, not a test, and exits 0 even when a target is missed.
 
@@ -204,7 +204,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Gateway:
+class BenchGateway:
     """`embedstack serve` in a subprocess, its output in a log file, always stopped on exit."""
 
     def __init__(self, compile_mode: str, threads: int, extra_env: dict[str, str] | None = None):
@@ -214,11 +214,14 @@ class Gateway:
         # The bench measures the bundled model on an open loopback port, whatever this shell has configured.
         for name in ("EMBEDSTACK_MODELS", "EMBEDSTACK_API_KEYS", "EMBEDSTACK_API_KEYS_FILE"):
             env.pop(name, None)
+        # The figures are the engine's: the bench repeats texts, which the embedding cache would answer
+        # (cache_bench.py measures the cache).
+        env["EMBEDSTACK_CACHE_BYTES"] = "0"
         self.env = {**env, **(extra_env or {})}
         self.log_path = Path(tempfile.mkstemp(prefix="embedstack-bench-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> Gateway:
+    def __enter__(self) -> BenchGateway:
         command = [sys.executable, "-m", "embedstack.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_path.open("wb") as log:
             # A session of its own: Ctrl-C reaches only the bench, which then stops the server itself.
@@ -332,7 +335,7 @@ def measure_latency(url: str, requests: int, extra: dict | None = None) -> tuple
     return float(p50), float(p99)
 
 
-def measure_rss(gateway: Gateway, chunks: list[str], total: int) -> tuple[float, float]:
+def measure_rss(gateway: BenchGateway, chunks: list[str], total: int) -> tuple[float, float]:
     """RSS after total/5 and after total requests of the mix."""
     checkpoint = total // 5
     requests = [mix_request(i, chunks) for i in range(total)]
@@ -424,7 +427,7 @@ def print_summary(fig: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m embedstack.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tools/bench/gateway_bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, help="code chunks to embed (default 2000)")
     parser.add_argument("--rss-requests", type=int, help="requests of the RSS phase (default 10000)")
     parser.add_argument("--latency-requests", type=int, help="timed single-query requests (default 200)")
@@ -473,7 +476,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  bf16 vs fp32 cosine: min {cos.min():.5f}, mean {cos.mean():.5f}")
 
     print(f"== gateway (EMBEDSTACK_COMPILE={args.compile}) ==", flush=True)
-    with Gateway(args.compile, args.threads) as gateway:
+    with BenchGateway(args.compile, args.threads) as gateway:
         print(f"  {gateway.url}, log in {gateway.log_path}", flush=True)
         fig["time_to_ready_s"] = gateway.wait_ready(READY_TIMEOUT)
         fig["server_engine"] = gateway.engine_line()

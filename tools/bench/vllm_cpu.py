@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-# The repository's vLLM venv when run from a checkout (payload/src/embedstack/ -> the repository root)
-DEFAULT_PYTHON = Path(__file__).resolve().parents[3] / ".venv-vllm/bin/python"
+# The repository's vLLM venv (tools/bench/ -> the repository root)
+DEFAULT_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm/bin/python"
 MAX_MODEL_LEN = 256
 
 

@@ -1,6 +1,6 @@
 """Benchmark of the upstream path: the real vLLM direct against gateway -> vLLM, same model, same load.
 
-`python -m embedstack.bench_upstream` (after `make vllm-venv`). It prints figures; it is a report,
+`python tools/bench/upstream_bench.py` (after `make vllm-venv`). It prints figures; it is a report,
 not a test, and exits 0 even when a target is missed.
 
 1. One vLLM (the CPU build, all-MiniLM-L6-v2, max_model_len 256) and one gateway with
@@ -21,27 +21,26 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from embedstack.bench import (
+from gateway_bench import (
     LOAD_BATCH,
     LOAD_CLIENTS,
     MODEL_NAME,
     READY_TIMEOUT,
     BenchError,
-    Gateway,
+    BenchGateway,
     cosines,
     free_port,
     load_chunks,
     measure_latency,
     measure_throughput,
 )
-from embedstack.vllm_cpu import DEFAULT_PYTHON, MAX_MODEL_LEN, VllmServer
+from vllm_cpu import DEFAULT_PYTHON, MAX_MODEL_LEN, VllmServer
 
 TARGETS = {"overhead_pct": 5.0, "added_p50_ms": 2.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m embedstack.bench_upstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tools/bench/upstream_bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=600, help="code chunks per throughput round (default 600)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each path (default 2)")
     parser.add_argument("--latency-requests", type=int, default=200, help="timed single queries per round")
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     try:
         vllm.start()
         extra = {"EMBEDSTACK_MODELS": str(models_file(workdir, vllm.url))}
-        with Gateway("off", 1, extra_env=extra) as gateway:
+        with BenchGateway("off", 1, extra_env=extra) as gateway:
             gateway.wait_ready(READY_TIMEOUT)
             print(f"== gateway (engine upstream) on {gateway.url}, log in {gateway.log_path} ==", flush=True)
             # A client of vLLM itself must ask for truncation, or chunks over 256 tokens get a 400;
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fig = run(args)
     except (BenchError, RuntimeError) as exc:
-        print(f"bench_upstream: error: {exc}", file=sys.stderr)
+        print(f"upstream_bench: error: {exc}", file=sys.stderr)
         return 1
     print_summary(fig)
     return 0
