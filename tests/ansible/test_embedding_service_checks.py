@@ -19,6 +19,39 @@ CASES = {
     "open_on_loopback": ({"embedding_service_api_keys": [], "embedding_service_host": "127.0.0.1"}, ()),
     "open_when_asked": ({"embedding_service_api_keys": [], "embedding_service_allow_open": True}, ()),
     "long_keys": ({"embedding_service_api_keys": [KEY]}, ()),
+    "horizon_not_a_number": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_max_queue_seconds": "soon"},
+        ("embedding_service_max_queue_seconds",),
+    ),
+    "horizon_negative": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_max_queue_seconds": -5},
+        ("0 or more",),
+    ),
+    "hold_not_a_number": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_max_hold_seconds": "long"},
+        ("embedding_service_max_hold_seconds", "0 or more"),
+    ),
+    "horizon_set": ({"embedding_service_api_keys": [KEY], "embedding_service_max_queue_seconds": 12.5}, ()),
+    "cache_size_negative": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_cache_bytes": -1},
+        ("embedding_service_cache_bytes", "0 or"),
+    ),
+    "disk_cache_too_small": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_cache_disk_bytes": 1000},
+        ("1048576 (1 MiB) or more",),
+    ),
+    "cache_off": (
+        {
+            "embedding_service_api_keys": [KEY],
+            "embedding_service_cache_bytes": 0,
+            "embedding_service_cache_disk_bytes": 0,
+        },
+        (),
+    ),
+    "cache_on_disk_not_a_boolean": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_cache_on_disk": "maybe"},
+        ("embedding_service_cache_on_disk",),
+    ),
 }
 
 

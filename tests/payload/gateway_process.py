@@ -17,6 +17,16 @@ import httpx
 
 API_KEY = "test-key-0123456789"
 MODEL = "all-minilm-l6-v2"
+# Request fields the bundled model's gateway refuses with 400, and what the message must name.
+BAD_INPUTS = [
+    ({"input": ["fine", ""]}, "input[1]"),
+    ({"input": []}, "empty"),
+    ({"input": [[101, 999999]]}, "input[0]"),
+    ({"input": ["x"] * 2049}, "2048"),
+    ({"input": "x", "dimensions": 385}, "384"),
+    ({"input": "x", "dimensions": 0}, "dimensions"),
+    ({"input": "x", "encoding_format": "int8"}, "float, base64"),
+]
 
 
 def free_port() -> int:
@@ -25,7 +35,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Gateway:
+class GatewayProcess:
     """One `embedstack serve` subprocess on 127.0.0.1."""
 
     def __init__(
@@ -54,7 +64,7 @@ class Gateway:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_ready(self, timeout: float = 120) -> Gateway:
+    def wait_ready(self, timeout: float = 120) -> GatewayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

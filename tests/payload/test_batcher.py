@@ -1,4 +1,6 @@
-"""Batching policy on the real local engine and model: budgets, order, starvation, admission."""
+"""Batching policy on the real local engine and model: budgets, grouping, order, admission.
+
+The policy without the model (admission, failures, cancellation, drain) is in test_batcher_in_process.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 from embedstack.batcher import Batcher
 from embedstack.config import load_settings
-from embedstack.engines.local import LocalEngine, bucket_length, bucket_rows
+from embedstack.engines.local import LocalEngine, bucket_rows
 from embedstack.errors import QueueFull
 from embedstack.metrics import Metrics
 
@@ -39,7 +41,14 @@ def texts(n: int, words: int) -> list[str]:
 
 def run(engine, budget: int, queue: int, jobs: list[list[str]]):
     async def main():
-        batcher = Batcher(engine, max_batch_tokens=budget, max_wait_ms=5, max_queue_inputs=queue, metrics=Metrics())
+        batcher = Batcher(
+            engine,
+            max_batch_tokens=budget,
+            max_wait_ms=5,
+            max_queue_inputs=queue,
+            max_queue_seconds=60,
+            metrics=Metrics(),
+        )
         batcher.start()
         try:
             return await asyncio.gather(
@@ -75,60 +84,3 @@ def test_a_request_larger_than_the_free_queue_is_refused_whole(engine):
     results = run(engine, budget=8192, queue=10, jobs=[texts(8, 5), texts(8, 5)])
     assert sum(isinstance(r, QueueFull) for r in results) == 1
     assert sum(not isinstance(r, Exception) for r in results) == 1
-
-
-def test_padded_shapes_come_from_a_bounded_set():
-    lengths = {bucket_length(n, 256) for n in range(1, 257)}
-    assert lengths == {8, 16, 32, 64, 96, 128, 160, 192, 224, 256}
-    assert bucket_length(300, 256) == 256
-    rows = {bucket_rows(n) for n in range(1, 1025)}
-    assert len(rows) == 20
-    assert all(bucket_rows(n) >= n and bucket_rows(n) <= 1.5 * n + 1 for n in range(1, 1025))
-    shapes = {(r, length) for r in rows for length in lengths if r * length <= 8192}
-    assert len(shapes) < 200  # x3 linear kinds stays inside oneDNN's 1024-entry primitive cache
-
-
-class StuckEngine:
-    """An engine whose batches never finish in time: a slow or hung upstream."""
-
-    merges = False
-    concurrency = 4
-
-    def __init__(self, spec):
-        self.spec = spec
-
-    async def prepare(self, inputs, *, truncate, input_type):
-        from embedstack.engines import Item
-
-        return [Item(payload=inputs, cost=len(inputs), inputs=len(inputs))]
-
-    async def run(self, items):
-        await asyncio.sleep(60)
-
-    async def close(self):
-        pass
-
-
-def test_the_drain_deadline_answers_running_work_503_instead_of_cutting_it_off(engine):
-    from embedstack.errors import Unavailable
-
-    async def main():
-        batcher = Batcher(
-            StuckEngine(engine.spec), max_batch_tokens=1024, max_wait_ms=0, max_queue_inputs=100, metrics=Metrics()
-        )
-        batcher.start()
-        try:
-            calls = [
-                asyncio.create_task(batcher.embed(["x", "y"], truncate=True, input_type="document")) for _ in range(6)
-            ]
-            await asyncio.sleep(0.1)  # four batches run, two wait
-            complete = await batcher.drain(asyncio.get_running_loop().time() + 0.2)
-            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2)
-            return complete, results, batcher.queued_inputs
-        finally:
-            await batcher.close()
-
-    complete, results, queued = asyncio.run(main())
-    assert not complete
-    assert all(isinstance(r, Unavailable) and r.code == "draining" for r in results), results
-    assert queued == 0

@@ -6,6 +6,8 @@ import pytest
 from embedstack.config import load_models, load_settings
 from embedstack.errors import ConfigError
 
+pytestmark = pytest.mark.fast
+
 
 def write(tmp_path, text: str):
     path = tmp_path / "models.yaml"

@@ -7,10 +7,13 @@ import asyncio
 import dataclasses
 import socket
 
+import pytest
 import uvicorn
-from embedstack.app import create_app
+from embedstack.asgi_app import create_app
 from embedstack.config import load_settings, parse_model
-from embedstack.server import DrainingServer
+from embedstack.http_server import DrainingServer
+
+pytestmark = pytest.mark.fast
 
 BODY = b'{"model": "m", "input": ["def f(): 1"]}'
 REQUEST = (
@@ -41,7 +44,7 @@ def test_connections_queued_at_the_close_are_answered_not_reset():
     async def main() -> list[bytes]:
         app = create_app(settings)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        server = DrainingServer(config, app.state.gateway, drain_seconds=0)
+        server = DrainingServer(config, app.state.served_models, drain_seconds=0)
         serving = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.01)
@@ -51,7 +54,7 @@ def test_connections_queued_at_the_close_are_answered_not_reset():
         clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         for client in clients:
             client.sendall(REQUEST)
-        app.state.gateway.draining = True
+        app.state.served_models.draining = True
         await server.close_listeners()
         answers = await asyncio.gather(*(asyncio.to_thread(answer, c) for c in clients))
         server.should_exit = True

@@ -46,7 +46,14 @@ def test_twenty_concurrent_clients_get_their_own_vectors_in_order(gateway):
 
 
 def test_overload_answers_429_with_retry_after_and_stays_up(start_gateway):
-    gw = start_gateway(env={"EMBEDSTACK_MAX_QUEUE_INPUTS": "64", "EMBEDSTACK_MAX_INPUTS_PER_REQUEST": "64"})
+    # The same batch twelve times: without the embedding cache, so that each one is work for the engine.
+    gw = start_gateway(
+        env={
+            "EMBEDSTACK_MAX_QUEUE_INPUTS": "64",
+            "EMBEDSTACK_MAX_INPUTS_PER_REQUEST": "64",
+            "EMBEDSTACK_CACHE_BYTES": "0",
+        }
+    )
     batch = [chunk(k, words=150) for k in range(60)]
 
     def send(_: int) -> httpx.Response:

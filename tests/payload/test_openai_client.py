@@ -8,7 +8,7 @@ import json
 import numpy as np
 import openai
 import pytest
-from gateway_process import API_KEY, MODEL
+from gateway_process import API_KEY, BAD_INPUTS, MODEL
 
 CODE = [
     "def read_config(path):\n    with open(path) as f:\n        return yaml.safe_load(f)",
@@ -137,18 +137,7 @@ def test_unknown_model_is_404_listing_served_models(client):
     assert MODEL in exc.value.body["message"]
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "needle"),
-    [
-        ({"input": ["fine", ""]}, "input[1]"),
-        ({"input": []}, "empty"),
-        ({"input": [[101, 999999]]}, "input[0]"),
-        ({"input": ["x"] * 2049}, "2048"),
-        ({"input": "x", "dimensions": 385}, "384"),
-        ({"input": "x", "dimensions": 0}, "dimensions"),
-        ({"input": "x", "encoding_format": "int8"}, "float, base64"),
-    ],
-)
+@pytest.mark.parametrize(("kwargs", "needle"), BAD_INPUTS)
 def test_bad_input_is_400_naming_the_problem(client, kwargs, needle):
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model=MODEL, **kwargs)

@@ -65,6 +65,7 @@ def test_roo_config_prints_what_roo_code_needs(tmp_path):
     }
     table = embedstack("roo-config", "-i", str(inv)).stdout
     assert "Qdrant URL" in table and ":6333" in table
+    assert "embeds up to 256 tokens of a chunk, about 947 characters of code" in table
 
 
 def test_health_reports_unreachable_hosts_without_crashing(tmp_path):

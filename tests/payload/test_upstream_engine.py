@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 import httpx
 import numpy as np
 import pytest
-from embedstack.api.errors import error_response, status_of
+from embedstack.api.error_responses import error_response, status_of
 from embedstack.config import load_settings, parse_model
 from embedstack.engines import upstream as upstream_module
 from embedstack.engines.upstream import UpstreamEngine
 from embedstack.errors import ConfigError, InvalidInput, QueueFull, Unavailable, UpstreamError
 from fake_vllm import FakeVllm, vector_of
+
+pytestmark = pytest.mark.fast
 
 DIM = 8
 MAX_TOKENS = 16

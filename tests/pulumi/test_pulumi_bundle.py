@@ -75,7 +75,7 @@ def test_bundle_holds_what_the_bootstrap_runs(stack_run: StackRun) -> None:
     wheels = [n for n in files if n.startswith("wheels/") and n.endswith(".whl")]
     assert len(wheels) == 1 and wheels[0].endswith("-py3-none-any.whl")
     wheel = zipfile.ZipFile(io.BytesIO(files[wheels[0]]))
-    assert {"embedstack/__init__.py", "embedstack/cli.py", "embedstack/app.py"} <= set(wheel.namelist())
+    assert {"embedstack/__init__.py", "embedstack/cli.py", "embedstack/asgi_app.py"} <= set(wheel.namelist())
     # A valid wheel: every RECORD hash matches its file.
     record = next(n for n in wheel.namelist() if n.endswith(".dist-info/RECORD"))
     for path, digest, _size in csv.reader(io.StringIO(wheel.read(record).decode())):

@@ -1,8 +1,9 @@
 """The queue between requests and an engine: admission, dynamic batching, drain.
 
-It knows nothing of HTTP. Requests are admitted whole or refused whole (QueueFull), so the
-queue never grows past max_queue_inputs. Merging engines get token-budgeted batches of items
-of similar length, always including the oldest waiting item so nothing starves.
+It knows nothing of HTTP. Requests are admitted whole or refused whole (QueueFull): by time
+(admission.py: the estimated work ahead must fit max_queue_seconds) and by memory (never more
+than max_queue_inputs). Merging engines get token-budgeted batches of items of similar length,
+always including the oldest waiting item so nothing starves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedstack.admission import Admission
+from embedstack.embedding_cache import CachedVector, EmbeddingCache, cache_key
 from embedstack.engines import Engine, Input, Item, Output
 from embedstack.errors import QueueFull, Unavailable
 from embedstack.metrics import Metrics
@@ -22,18 +25,31 @@ log = logging.getLogger(__name__)
 
 # How many of the oldest waiting items a batch is chosen from.
 _WINDOW = 1024
+# Truncations logged per minute and model; /metrics counts all of them.
+_TRUNCATION_LOGS_PER_MINUTE = 5
 
 
 @dataclass(slots=True)
 class _Entry:
     item: Item
     future: asyncio.Future
+    request: list[_Entry]  # every entry of the same request, this one included
 
 
 @dataclass(slots=True)
 class Result:
     vectors: np.ndarray
     prompt_tokens: int
+
+
+@dataclass(slots=True)
+class _Computed:
+    vectors: np.ndarray
+    input_tokens: list[int]  # per item; per input where the engine's answers are cached
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.input_tokens)
 
 
 class Batcher:
@@ -44,12 +60,19 @@ class Batcher:
         max_batch_tokens: int,
         max_wait_ms: float,
         max_queue_inputs: int,
+        max_queue_seconds: float,
         metrics: Metrics,
+        max_hold_seconds: float = 0.0,
+        cache: EmbeddingCache | None = None,
     ):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_queue_inputs = max_queue_inputs
+        self.admission = Admission(max_queue_seconds)
+        self.max_hold_seconds = max_hold_seconds
+        self._drain_started = asyncio.Event()
+        self.cache = cache  # shared by every model: the engine's fingerprint is part of each key
         self.metrics = metrics
         self.queued_inputs = 0  # admitted and not yet answered
         self.draining = False
@@ -61,42 +84,123 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._label = metrics.queue_depth.labels(engine.spec.id)
+        # Read when /metrics is scraped, so they are never stale.
+        metrics.queue_seconds.labels(engine.spec.id).set_function(lambda: self.admission.backlog_seconds() or 0.0)
+        metrics.throughput.labels(engine.spec.id).set_function(lambda: self.admission.rate or 0.0)
+        self._truncation_log_window = (0.0, 0)  # (minute started, lines logged in it)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.engine.spec.id}")
 
-    async def embed(self, inputs: list[Input], *, truncate: bool, input_type: str) -> Result:
+    async def embed(self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None) -> Result:
+        """Embed one request's inputs. `key` names the request's content, so a retry is known again."""
         if self.draining:
             raise Unavailable("the service is draining; retry on another instance", code="draining")
+        fingerprint = self.engine.cache_fingerprint(truncate, input_type) if self.cache is not None else None
+        keys = [cache_key(fingerprint, x) for x in inputs] if fingerprint else []
+        found = await self.cache.get_many(keys) if keys else [None] * len(inputs)
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            computed = await self._embed_missing([inputs[i] for i in missing], truncate, input_type, key)
+            if keys and len(computed.input_tokens) == len(missing):  # engines with a fingerprint answer per input
+                rows = [CachedVector(computed.vectors[j], tokens) for j, tokens in enumerate(computed.input_tokens)]
+                await self.cache.put_many([(keys[i], row) for i, row in zip(missing, rows, strict=True)])
+            if len(missing) == len(inputs):
+                return Result(vectors=computed.vectors, prompt_tokens=computed.prompt_tokens)
+        vectors = np.empty((len(inputs), self.engine.spec.dimension), dtype=np.float32)
+        tokens = 0
+        for i, hit in enumerate(found):
+            if hit is not None:
+                vectors[i] = hit.vector
+                tokens += hit.tokens
+        if missing:
+            vectors[missing] = computed.vectors
+            tokens += computed.prompt_tokens
+        return Result(vectors=vectors, prompt_tokens=tokens)
+
+    async def _embed_missing(self, inputs: list[Input], truncate: bool, input_type: str, key: object) -> _Computed:
         n = len(inputs)
         if self.queued_inputs + n > self.max_queue_inputs:
+            share = (self.queued_inputs + n - self.max_queue_inputs) / max(1, self.queued_inputs)
             raise QueueFull(
-                f"the queue is full ({self.queued_inputs} of {self.max_queue_inputs} inputs waiting); retry later"
+                f"the queue is full ({self.queued_inputs} of {self.max_queue_inputs} inputs waiting); retry later",
+                retry_after=self.admission.retry_after_share(share),
             )
-        self._admit(n)
+        self._count_queued(n)
+        cost = 0
         try:
             items = await self.engine.prepare(inputs, truncate=truncate, input_type=input_type)
+            await self._admit(request_cost := sum(item.cost for item in items), key)
+            cost = request_cost  # released in finally only once admitted
+            self._count_truncated(items)
             loop = asyncio.get_running_loop()
-            entries = [_Entry(item, loop.create_future()) for item in items]
+            entries: list[_Entry] = []
+            entries.extend(_Entry(item, loop.create_future(), entries) for item in items)
             self._pending.extend(entries)
             self._wakeup.set()
             outputs: list[Output] = await asyncio.gather(*(e.future for e in entries))
         finally:
-            self._admit(-n)
+            self._count_queued(-n)
+            self.admission.release(cost)
         vectors = outputs[0].vectors if len(outputs) == 1 else np.concatenate([o.vectors for o in outputs])
-        return Result(vectors=vectors, prompt_tokens=sum(o.tokens for o in outputs))
+        return _Computed(vectors, [o.tokens for o in outputs])
 
-    def _admit(self, n: int) -> None:
-        self.queued_inputs += n
+    async def _admit(self, cost: int, key: object) -> None:
+        """Admit now, or hold the request until its booked slot when that is close enough.
+
+        Holding is a Retry-After served by the gateway itself: clients that never read the header
+        (Roo Code's full-URL path) wait in line too, instead of burning a retry on a 429.
+        """
+        key = key if key is not None else object()  # a held request still claims its own booking
+        hold_until = time.monotonic() + self.max_hold_seconds
+        while True:
+            try:
+                self.admission.admit(cost, key)
+                return
+            except QueueFull as refused:
+                if time.monotonic() + refused.retry_after > hold_until:
+                    raise  # the client gets the wait; its booking is kept for its return
+                try:
+                    await asyncio.wait_for(self._drain_started.wait(), refused.retry_after)
+                except TimeoutError:
+                    continue
+                raise Unavailable("the service is draining; retry on another instance", code="draining") from None
+
+    def _count_queued(self, delta: int) -> None:
+        """Admission adds a request's inputs, its answer (or failure) takes them off again."""
+        self.queued_inputs += delta
         self._label.set(self.queued_inputs)
         if self.queued_inputs:
             self._idle.clear()
         else:
             self._idle.set()
 
+    def _count_truncated(self, items: list[Item]) -> None:
+        truncated = sum(item.truncated for item in items)
+        if not truncated:
+            return
+        spec = self.engine.spec
+        self.metrics.truncated.labels(spec.id).inc(truncated)
+        now = time.monotonic()
+        started, logged = self._truncation_log_window
+        if now - started >= 60:
+            started, logged = now, 0
+        if logged < _TRUNCATION_LOGS_PER_MINUTE:
+            log.info(
+                "%d of %d inputs to %s were longer than its %d tokens: only their start was embedded "
+                "(embedstack_truncated_inputs_total counts all; send shorter chunks to embed them whole)",
+                truncated,
+                sum(item.inputs for item in items),
+                spec.id,
+                spec.max_tokens,
+            )
+            logged += 1
+        self._truncation_log_window = (started, logged)
+
     async def drain(self, deadline: float) -> bool:
         """Refuse new work, let admitted work finish until `deadline` (monotonic); True if all did."""
         self.draining = True
+        self._drain_started.set()  # held requests are answered 503 at once: they were never admitted
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
             return True
@@ -176,18 +280,25 @@ class Batcher:
 
     async def _run(self, batch: list[_Entry]) -> None:
         spec_id = self.engine.spec.id
+        self.admission.batch_started()
+        done = 0
         try:
             self.metrics.batch_size.labels(spec_id).observe(sum(e.item.inputs for e in batch))
             try:
                 outputs = await self.engine.run([e.item for e in batch])
+                done = sum(e.item.cost for e in batch)
             except Exception as exc:  # the engine's error belongs to the requests in this batch
                 for entry in batch:
                     if not entry.future.done():
                         entry.future.set_exception(exc)
+                    # The request has failed: its inputs still queued are dropped, not embedded for nobody.
+                    for sibling in entry.request:
+                        sibling.future.cancel()
                 return
             for entry, output in zip(batch, outputs, strict=True):
                 self.metrics.tokens.labels(spec_id).inc(output.tokens)
                 if not entry.future.done():
                     entry.future.set_result(output)
         finally:
+            self.admission.batch_finished(done)
             self._slots.release()

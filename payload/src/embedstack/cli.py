@@ -11,7 +11,7 @@ from embedstack.errors import ConfigError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from embedstack.server import serve
+    from embedstack.http_server import serve
 
     overrides = {"host": args.host, "port": args.port, "models_file": args.models, "api_keys_file": args.api_keys}
     return serve(load_settings(overrides))

@@ -71,10 +71,16 @@ class Settings:
     truncate: bool = True
     max_batch_tokens: int = 8192
     max_wait_ms: float = 0.0  # requests that arrive while a batch runs join the next one anyway
-    max_queue_inputs: int = 8192
+    max_queue_inputs: int = 8192  # the memory bound
+    max_queue_seconds: float = 0.0  # the admission horizon; 0 = derived from drain_seconds
+    max_hold_seconds: float = 120.0  # how long a request beyond the horizon may wait for its slot, not admitted
     drain_seconds: float = 25.0
     upstream_timeout: float = 60.0
     upstream_retries: int = 2
+    # Embedding cache: vectors by content, so re-indexing unchanged code costs no engine time. 0 = off.
+    cache_bytes: int = 256 * 1024 * 1024
+    cache_dir: Path | None = None  # also keep vectors on disk here, across restarts
+    cache_disk_bytes: int = 4 * 1024 * 1024 * 1024
     # local engine
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"
@@ -82,6 +88,12 @@ class Settings:
     threads: int = 0  # torch intra-op threads; 0 = all cores
     log_level: str = "info"
     models: tuple[ModelSpec, ...] = field(default=())
+
+    @property
+    def queue_horizon(self) -> float:
+        """Seconds of work admission lets queue: as set, or 80 % of the drain budget, so that
+        what was admitted can still finish when a drain (a spot VM's preemption) begins."""
+        return self.max_queue_seconds or max(2.0, 0.8 * self.drain_seconds)
 
 
 # name, type, settable as EMBEDSTACK_<NAME>
@@ -96,9 +108,14 @@ _ENV_FIELDS = {
     "max_batch_tokens": int,
     "max_wait_ms": float,
     "max_queue_inputs": int,
+    "max_queue_seconds": float,
+    "max_hold_seconds": float,
     "drain_seconds": float,
     "upstream_timeout": float,
     "upstream_retries": int,
+    "cache_bytes": int,
+    "cache_dir": Path,
+    "cache_disk_bytes": int,
     "device": str,
     "dtype": str,
     "compile": str,
@@ -166,8 +183,11 @@ def _check_limits(s: Settings) -> None:
             raise ConfigError(
                 f"EMBEDSTACK_{name.upper()} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}"
             )
-    if s.drain_seconds < 0 or s.max_wait_ms < 0:
-        raise ConfigError("EMBEDSTACK_DRAIN_SECONDS and EMBEDSTACK_MAX_WAIT_MS must not be negative")
+    for name in ("drain_seconds", "max_wait_ms", "max_queue_seconds", "max_hold_seconds"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"EMBEDSTACK_{name.upper()} must not be negative, got {getattr(s, name)}")
+    if s.cache_bytes < 0 or s.cache_disk_bytes < 0:
+        raise ConfigError("EMBEDSTACK_CACHE_BYTES and EMBEDSTACK_CACHE_DISK_BYTES must not be negative")
 
 
 def read_api_keys(path: Path) -> set[str]:

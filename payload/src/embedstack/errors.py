@@ -1,4 +1,4 @@
-"""Domain errors raised by every layer; api/errors.py maps each to an HTTP status."""
+"""Domain errors raised by every layer; api/error_responses.py maps each to an HTTP status."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ class EmbedstackError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after  # seconds until a retry is expected to succeed, when known
         if code:
             self.code = code
 

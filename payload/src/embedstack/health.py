@@ -26,14 +26,28 @@ class Check:
 
 def gateway_model(host: Host) -> tuple[str, int]:
     """The model id and dimension the embedding_service role deploys on this host."""
+    model = _deployed_model(host)
+    return str(model["id"]), int(model["dimension"])
+
+
+def gateway_max_tokens(host: Host) -> int:
+    """The longest input, in tokens, the deployed model embeds whole."""
+    return int(_deployed_model(host).get("max_tokens", 256))
+
+
+def _deployed_model(host: Host) -> dict[str, Any]:
     models = host.vars.get("embedding_service_models")
     if isinstance(models, list) and models and isinstance(models[0], dict):
-        return str(models[0]["id"]), int(models[0]["dimension"])
+        return models[0]
     if host.vars.get("embedding_service_engine") == "upstream":
         model = host.vars.get("embedding_service_upstream_model") or {}
-        return str(model.get("id", host.vars.get("vllm_served_model_name", ""))), int(model.get("dimension", 1024))
-    model = host.vars.get("embedding_service_local_model") or {}
-    return str(model.get("id", "all-minilm-l6-v2")), int(model.get("dimension", 384))
+        return {"id": host.vars.get("vllm_served_model_name", ""), "dimension": 1024, **model}
+    return {
+        "id": "all-minilm-l6-v2",
+        "dimension": 384,
+        "max_tokens": 256,
+        **(host.vars.get("embedding_service_local_model") or {}),
+    }
 
 
 def first_key(value: Any) -> str:

@@ -32,7 +32,38 @@ class Metrics:
             "embedstack_queue_depth", "Inputs accepted and not yet answered", ["model"], registry=self.registry
         )
         self.tokens = Counter("embedstack_tokens", "Tokens embedded", ["model"], registry=self.registry)
+        self.truncated = Counter(
+            "embedstack_truncated_inputs",
+            "Inputs cut to the model's max_tokens: only their start was embedded",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_seconds = Gauge(
+            "embedstack_queue_seconds",
+            "Estimated seconds of admitted work not yet done",
+            ["model"],
+            registry=self.registry,
+        )
+        self.throughput = Gauge(
+            "embedstack_throughput_tokens_per_second",
+            "The engine's measured throughput, padding included",
+            ["model"],
+            registry=self.registry,
+        )
         self.ready = Gauge("embedstack_ready", "1 when serving, 0 while starting or draining", registry=self.registry)
+        # Embedding cache: a hit is counted by the tier that answered it, a miss only when no tier could.
+        self.cache_hits = Counter(
+            "embedstack_cache_hits", "Inputs answered from the cache, by tier", ["tier"], registry=self.registry
+        )
+        self.cache_misses = Counter(
+            "embedstack_cache_misses", "Inputs the cache could not answer", registry=self.registry
+        )
+        self.cache_evictions = Counter(
+            "embedstack_cache_evictions", "Vectors evicted to keep a bound, by tier", ["tier"], registry=self.registry
+        )
+        self.cache_bytes = Gauge(
+            "embedstack_cache_bytes", "Bytes the cache holds, by tier", ["tier"], registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,8 +1,9 @@
-"""HTTP routes. Errors are raised, never caught here: api/errors.py answers them."""
+"""HTTP routes. Errors are raised, never caught here: api/error_responses.py answers them."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import time
 
@@ -14,11 +15,11 @@ from starlette.routing import Route
 
 from embedstack.api.schemas import parse_embeddings_request
 from embedstack.errors import AuthenticationFailed, BodyTooLarge, InvalidInput, Unavailable
-from embedstack.service import Gateway
+from embedstack.served_models import ServedModels
 
 
-def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
+def _served(request: Request) -> ServedModels:
+    return request.app.state.served_models
 
 
 def authorize(request: Request, keys: frozenset[str]) -> None:
@@ -52,26 +53,28 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def embeddings(request: Request) -> Response:
-    gw = _gateway(request)
-    settings = gw.settings
+    served = _served(request)
+    settings = served.settings
     authorize(request, settings.api_keys)
-    if gw.draining:
+    if served.draining:
         raise Unavailable("the service is draining; retry on another instance", code="draining")
-    if not gw.ready:
+    if not served.ready:
         raise Unavailable("the model is still loading; retry shortly", code="not_ready")
     started = time.perf_counter()
-    gw.enter()
+    served.enter()
     try:
         body = await read_body(request, settings.max_body_bytes)
         req = parse_embeddings_request(body, max_inputs=settings.max_inputs_per_request)
-        batcher = gw.resolve(req.model)
+        batcher = served.resolve(req.model)
         spec = batcher.engine.spec
         if req.dimensions is not None and req.dimensions > spec.dimension:
             raise InvalidInput(
                 f"'dimensions' is {req.dimensions}, above the native {spec.dimension} of model {spec.id!r}",
                 param="dimensions",
             )
-        result = await batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type)
+        # The body names the request: a client retrying after a 429 sends it again and claims its booking.
+        key = hashlib.blake2b(body, digest_size=16).digest()
+        result = await batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key)
         vectors = result.vectors
         if req.dimensions is not None and req.dimensions < spec.dimension:  # Matryoshka
             vectors = vectors[:, : req.dimensions]
@@ -87,16 +90,16 @@ async def embeddings(request: Request) -> Response:
             "model": req.model,
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         }
-        gw.metrics.latency.labels(spec.id).observe(time.perf_counter() - started)
+        served.metrics.latency.labels(spec.id).observe(time.perf_counter() - started)
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
     finally:
-        gw.leave()
+        served.leave()
 
 
 async def models(request: Request) -> Response:
-    authorize(request, _gateway(request).settings.api_keys)
+    authorize(request, _served(request).settings.api_keys)
     data = []
-    for spec in _gateway(request).specs:
+    for spec in _served(request).specs:
         for name in spec.names:
             data.append(
                 {
@@ -118,19 +121,19 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    gw = _gateway(request)
-    if gw.draining:
+    served = _served(request)
+    if served.draining:
         raise Unavailable("draining", code="draining")
-    if not gw.ready:
+    if not served.ready:
         raise Unavailable("the model is still loading", code="not_ready")
-    reasons = [f"{b.engine.spec.id}: {r}" for b in gw.batchers.values() if (r := b.engine.unavailable_reason())]
+    reasons = [f"{b.engine.spec.id}: {r}" for b in served.batchers.values() if (r := b.engine.unavailable_reason())]
     if reasons:  # load balancers and autohealing act on this
         raise Unavailable("; ".join(reasons), code="upstream_unavailable")
-    return JSONResponse({"status": "ready", "models": sorted(gw.batchers)})
+    return JSONResponse({"status": "ready", "models": sorted(served.batchers)})
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return Response(_served(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 ROUTES = [

@@ -18,11 +18,13 @@ class Item:
 
     cost: tokens it occupies in a batch, padding included (the batch budget counts these).
     inputs: how many request inputs it carries (the queue bound counts these).
+    truncated: how many of them were cut to the model's max_tokens (metrics and logs say so).
     """
 
     payload: Any
     cost: int
     inputs: int = 1
+    truncated: int = 0
 
 
 @dataclass(slots=True)
@@ -43,6 +45,10 @@ class Engine(Protocol):
 
     def unavailable_reason(self) -> str | None:
         """Why the engine cannot serve right now (no verified upstream), or None."""
+
+    def cache_fingerprint(self, truncate: bool, input_type: str) -> bytes | None:
+        """Everything besides the input that makes this engine's vectors, for the embedding cache;
+        None when its answers are not cached (it cannot say how many tokens each input had)."""
 
     def batch_cost(self, rows: int, longest: int) -> int:
         """Tokens a batch of `rows` items occupies when its longest item costs `longest`."""

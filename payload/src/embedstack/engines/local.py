@@ -7,6 +7,7 @@ pass, so all tokenizer and model work runs on a single dedicated thread.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import logging
 import os
@@ -67,6 +68,16 @@ def resolve_source(source: str) -> str:
     return source  # a Hugging Face id, resolved by transformers from its cache
 
 
+def weights_id(path: str) -> str:
+    """Names the files a model is loaded from (name, size, modification time): new weights, new id."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return path  # a hub id: its revision is resolved by transformers' cache
+    files = sorted(f for f in directory.rglob("*") if f.is_file())
+    listing = [(str(f.relative_to(directory)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.blake2b(repr(listing).encode(), digest_size=16).hexdigest()
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -91,6 +102,7 @@ class LocalEngine:
         self.compiled = False
         self.vocab_size = 0
         self.pad_id = 0
+        self._weights_id = ""
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
@@ -104,12 +116,22 @@ class LocalEngine:
     def unavailable_reason(self) -> str | None:
         return None  # once loaded, the model is always there
 
+    def cache_fingerprint(self, truncate: bool, input_type: str) -> bytes | None:
+        spec = self.spec
+        prefix = spec.query_prefix if input_type == "query" else spec.document_prefix
+        # A vector is one token sequence's, so a text's truncation and prefix are part of its key.
+        model = (spec.id, spec.source, self._weights_id, spec.dimension, spec.pooling, spec.max_tokens)
+        return repr(("local", *model, prefix, truncate, self.device, self.dtype)).encode()
+
     def batch_cost(self, rows: int, longest: int) -> int:
         return bucket_rows(rows) * longest
 
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
-        ids = await self._call(self._tokenize, inputs, truncate, input_type)
-        return [Item(payload=seq, cost=bucket_length(len(seq), self.spec.max_tokens)) for seq in ids]
+        ids, cut = await self._call(self._tokenize, inputs, truncate, input_type)
+        return [
+            Item(payload=seq, cost=bucket_length(len(seq), self.spec.max_tokens), truncated=int(i in cut))
+            for i, seq in enumerate(ids)
+        ]
 
     async def run(self, items: list[Item]) -> list[Output]:
         vectors = await self._call(self._forward, [item.payload for item in items])
@@ -126,6 +148,7 @@ class LocalEngine:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         path = resolve_source(self.spec.source)
+        self._weights_id = weights_id(path)
         local_json = Path(path) / "tokenizer.json"
         if local_json.exists():
             tokenizer = Tokenizer.from_file(str(local_json))
@@ -203,11 +226,13 @@ class LocalEngine:
         for batch, length in ((1, 8), (2, 16), (rows, longest)):
             self._forward([[self.pad_id + 1] * length] * batch)
 
-    def _tokenize(self, inputs: list[Input], truncate: bool, input_type: str) -> list[list[int]]:
+    def _tokenize(self, inputs: list[Input], truncate: bool, input_type: str) -> tuple[list[list[int]], set[int]]:
+        """Token ids for each input, and the indices of those cut to max_tokens."""
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         limit = self.spec.max_tokens
         texts = [(i, prefix + x) for i, x in enumerate(inputs) if isinstance(x, str)]
         out: list[list[int] | None] = [None] * len(inputs)
+        cut: set[int] = set()
         if texts:
             for (i, _), enc in zip(texts, self._tokenizer.encode_batch([t for _, t in texts]), strict=True):
                 if enc.overflowing and not truncate:
@@ -217,6 +242,8 @@ class LocalEngine:
                         param="input",
                         code="context_length_exceeded",
                     )
+                if enc.overflowing:
+                    cut.add(i)
                 out[i] = enc.ids
         for i, x in enumerate(inputs):
             if isinstance(x, str):
@@ -235,8 +262,10 @@ class LocalEngine:
                     param="input",
                     code="context_length_exceeded",
                 )
+            if len(x) > limit:
+                cut.add(i)
             out[i] = x[:limit]
-        return out  # type: ignore[return-value]
+        return out, cut  # type: ignore[return-value]
 
     def _forward(self, batch: list[list[int]]) -> np.ndarray:
         torch = self._torch

@@ -193,6 +193,9 @@ class UpstreamEngine:
 
     # --- serving ---
 
+    def cache_fingerprint(self, truncate: bool, input_type: str) -> bytes | None:
+        return None  # vLLM reports usage per request, not per input: a cached vector could not say its tokens
+
     def batch_cost(self, rows: int, longest: int) -> int:
         return rows * longest
 
@@ -201,14 +204,17 @@ class UpstreamEngine:
         for i, x in enumerate(inputs):
             if isinstance(x, list) and len(x) > limit and not truncate:
                 raise _too_long(i, len(x), limit)
-        if truncate:  # token ids are cut here, so no upstream ever sees more than the model takes
+        # Token ids are cut here, so no upstream ever sees more than the model takes. vLLM cuts
+        # texts itself and does not say which, so only these are counted as truncated.
+        truncated = sum(1 for x in inputs if isinstance(x, list) and len(x) > limit)
+        if truncate:
             inputs = [x[:limit] if isinstance(x, list) else x for x in inputs]
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         if prefix:
             inputs = [prefix + x if isinstance(x, str) else x for x in inputs]
         # ~4 characters a token: only used to spread work, never reported as usage
         cost = sum(len(x) // 4 + 1 if isinstance(x, str) else len(x) for x in inputs)
-        return [Item(payload=(inputs, truncate), cost=cost, inputs=len(inputs))]
+        return [Item(payload=(inputs, truncate), cost=cost, inputs=len(inputs), truncated=truncated)]
 
     async def run(self, items: list[Item]) -> list[Output]:
         return [await self._failover(*item.payload) for item in items]

@@ -10,9 +10,9 @@ from types import FrameType
 
 import uvicorn
 
-from embedstack.app import create_app
+from embedstack.asgi_app import create_app
 from embedstack.config import Settings
-from embedstack.service import Gateway
+from embedstack.served_models import ServedModels
 
 log = logging.getLogger("embedstack")
 
@@ -30,9 +30,9 @@ CLOSE_GRACE_SECONDS = 0.5
 class DrainingServer(uvicorn.Server):
     """First SIGTERM/SIGINT drains the gateway and then stops; a second one stops at once."""
 
-    def __init__(self, config: uvicorn.Config, gateway: Gateway, drain_seconds: float):
+    def __init__(self, config: uvicorn.Config, served: ServedModels, drain_seconds: float):
         super().__init__(config)
-        self.gateway = gateway
+        self.served = served
         self.drain_seconds = drain_seconds
         self._drain_task: asyncio.Task | None = None
 
@@ -45,7 +45,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def _drain(self) -> None:
-        await self.gateway.drain(self.drain_seconds)
+        await self.served.drain(self.drain_seconds)
         # Stop accepting before closing connections: connections that arrived in the last instant
         # get their request answered (503, Connection: close) during the grace instead of a reset.
         await self.close_listeners()
@@ -86,7 +86,7 @@ def serve(settings: Settings) -> int:
     if not settings.api_keys:
         log.warning(NO_KEYS_WARNING.format(where=f"{settings.host}:{settings.port}"))
     app = create_app(settings)
-    gateway: Gateway = app.state.gateway
+    served: ServedModels = app.state.served_models
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -97,13 +97,13 @@ def serve(settings: Settings) -> int:
         # Behind a load balancer an idle keep-alive must outlive the LB's, or requests hit closed sockets.
         timeout_keep_alive=75,
     )
-    server = DrainingServer(config, gateway, settings.drain_seconds)
+    server = DrainingServer(config, served, settings.drain_seconds)
 
     def fatal(exc: BaseException) -> None:
         server.should_exit = True
 
-    gateway.on_fatal = fatal
+    served.on_fatal = fatal
     server.run()
-    if gateway.failure is not None:
+    if served.failure is not None:
         return 1
     return 0 if server.started else 1

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedstack.api.errors import HANDLERS
+from embedstack.api.error_responses import HANDLERS
 from embedstack.api.routes import ROUTES
-from embedstack.config import Settings
+from embedstack.config import ModelSpec, Settings
+from embedstack.engines import Engine, build_engine
 from embedstack.metrics import Metrics
-from embedstack.service import Gateway
+from embedstack.served_models import ServedModels
 
 _KNOWN_ROUTES = {r.path for r in ROUTES}
 
@@ -43,9 +45,9 @@ class CloseWhenDraining:
     """While draining, answer with Connection: close so clients reconnect elsewhere
     instead of reusing a keep-alive connection that is about to be shut."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway):
+    def __init__(self, app: ASGIApp, served: ServedModels):
         self.app = app
-        self.gateway = gateway
+        self.served = served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,7 +55,7 @@ class CloseWhenDraining:
             return
 
         async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.gateway.draining:
+            if message["type"] == "http.response.start" and self.served.draining:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
@@ -69,19 +71,20 @@ class GatewayApp(Starlette):
         return CountRequests(super().build_middleware_stack(), self.metrics)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, engine_factory: Callable[[ModelSpec, Settings], Engine] = build_engine) -> Starlette:
+    """engine_factory is where vectors come from; the fast tests pass a fake engine."""
     metrics = Metrics()
-    gateway = Gateway(settings, metrics)
+    served = ServedModels(settings, metrics, engine_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         # Load models in the background so /health answers while they load.
-        loading = asyncio.create_task(gateway.start(), name="load-models")
+        loading = asyncio.create_task(served.start(), name="load-models")
         yield
         loading.cancel()
-        await gateway.close()
+        await served.close()
 
     app = GatewayApp(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan, metrics=metrics)
-    app.state.gateway = gateway
-    app.add_middleware(CloseWhenDraining, gateway=gateway)
+    app.state.served_models = served
+    app.add_middleware(CloseWhenDraining, served=served)
     return app

@@ -13,7 +13,7 @@ from embedstack import errors
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = "1"
+RETRY_AFTER_SECONDS = 1  # when nothing better is known
 
 # exception class -> (HTTP status, OpenAI error type)
 ERROR_TABLE: dict[type[errors.EmbedstackError], tuple[int, str]] = {
@@ -30,9 +30,16 @@ _RETRYABLE = {429, 502, 503}  # 502: an upstream failed, another try may reach a
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def error_response(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> Response:
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    retry_after: int | None = None,
+) -> Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in _RETRYABLE else None
+    headers = {"Retry-After": str(retry_after or RETRY_AFTER_SECONDS)} if status in _RETRYABLE else None
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -48,7 +55,7 @@ async def embedstack_error(request: Request, exc: Exception) -> Response:
     status, type_ = status_of(exc)
     if status >= 500 and status != 503:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return error_response(status, exc.message, type_, exc.code, exc.param)
+    return error_response(status, exc.message, type_, exc.code, exc.param, exc.retry_after)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

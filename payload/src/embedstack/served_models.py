@@ -9,26 +9,38 @@ from collections.abc import Callable
 
 from embedstack.batcher import Batcher
 from embedstack.config import ModelSpec, Settings
-from embedstack.engines import build_engine
+from embedstack.embedding_cache import EmbeddingCache
+from embedstack.engines import Engine, build_engine
 from embedstack.errors import ModelNotFound
 from embedstack.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-class Gateway:
-    def __init__(self, settings: Settings, metrics: Metrics):
+class ServedModels:
+    """The served models with their batchers, and the readiness and drain of the whole set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        engine_factory: Callable[[ModelSpec, Settings], Engine] = build_engine,
+    ):
         self.settings = settings
         self.metrics = metrics
+        self.cache = EmbeddingCache.from_settings(settings, metrics)
         self.batchers: dict[str, Batcher] = {}
         self._by_name: dict[str, Batcher] = {}
         for spec in settings.models:
-            engine = build_engine(spec, settings)
+            engine = engine_factory(spec, settings)
             batcher = Batcher(
                 engine,
                 max_batch_tokens=settings.max_batch_tokens,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue_inputs=settings.max_queue_inputs,
+                max_queue_seconds=settings.queue_horizon,
+                max_hold_seconds=settings.max_hold_seconds,
+                cache=self.cache,
                 metrics=metrics,
             )
             self.batchers[spec.id] = batcher
@@ -94,3 +106,5 @@ class Gateway:
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
+        if self.cache is not None:
+            await self.cache.close()  # what is still queued for the disk is written

