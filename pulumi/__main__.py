@@ -70,10 +70,12 @@ def main() -> dict[str, object]:
 
     # Metadata the bootstrap reads (pulumi/bootstrap/startup.sh). Secrets ride in
     # embedstack-secrets, per tier, as a Pulumi secret: encrypted in the stack state and never
-    # in the bundle or the repository. The least bad of the simple options: anyone who may read
-    # instances or templates in the project (compute.instances.get) can read metadata, the same
-    # people who could already log in to or recreate the VMs; Secret Manager would need one
-    # more API and role. Each tier only gets its own keys.
+    # in the bundle or the repository. But metadata is readable by anyone with
+    # compute.instances.get or compute.instanceTemplates.get in the project, and the basic Viewer
+    # and Compute Viewer roles carry both: project viewers can read these keys, not only the
+    # people who can log in to or recreate the VMs. On the VM any local user can read them from
+    # 169.254.169.254. Grant viewer roles on this project as you would the keys; Secret Manager
+    # (one more API and role) would narrow this. Each tier only gets its own keys.
     common = {
         "embedstack-bundle": store.url,
         "startup-script": bootstrap_script("startup.sh"),
