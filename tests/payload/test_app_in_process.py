@@ -296,3 +296,58 @@ def test_a_cache_size_of_zero_switches_it_off(engines):
         embed(c, input="same")
         embed(c, input="same")
     assert len(engines.made[MODEL].batches) == 2
+
+
+async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None) -> int:
+    """One POST /v1/embeddings straight through ASGI; the client hangs up when `hang_up` is set."""
+    answered = asyncio.Event()
+    status = 0
+    messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await (hang_up or answered).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif not message.get("more_body"):
+            answered.set()
+
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]
+    scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": headers, "query_string": b""}
+    await app(
+        {**scope, "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1)}, receive, send
+    )
+    return status
+
+
+def test_a_client_that_hangs_up_leaves_nothing_queued_and_nothing_embedded_for_it(engines):
+    settings = load_settings({}, env={"EMBEDSTACK_API_KEYS": KEY})
+    app = create_app(settings, engine_factory=engines)
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            served = app.state.served_models
+            while not served.ready:
+                await asyncio.sleep(0.01)
+            engine, batcher = engines.made[MODEL], served.batchers[MODEL]
+            engine.hold = asyncio.Event()
+            busy = asyncio.create_task(asgi_post(app, {"model": MODEL, "input": ["runs first"]}))
+            await asyncio.sleep(0.05)
+            hang_up = asyncio.Event()
+            leaving = asyncio.create_task(asgi_post(app, {"model": MODEL, "input": ["a", "b", "c"]}, hang_up))
+            await asyncio.sleep(0.05)
+            queued_before = batcher.queued_inputs
+            hang_up.set()
+            left_status = await asyncio.wait_for(leaving, 5)  # answered at once, not after the engine
+            queued_after = batcher.queued_inputs
+            engine.hold.set()
+            busy_status = await busy
+            await asyncio.sleep(0.05)
+            return queued_before, left_status, queued_after, busy_status, len(engine.batches)
+
+    assert asyncio.run(main()) == (4, 499, 1, 200, 1)  # the three inputs never reached the engine

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import numpy as np
 import orjson
@@ -14,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from embedstack.api.schemas import parse_embeddings_request
+from embedstack.batcher import Result
 from embedstack.errors import AuthenticationFailed, BodyTooLarge, InvalidInput, Unavailable
 from embedstack.served_models import ServedModels
 
@@ -52,6 +57,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# nginx's code for a request whose client hung up first; nobody reads it, /metrics counts it.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Result]) -> Result | None:
+    """Run `work`, cancelled if the client hangs up: its queued or held inputs are dropped, not
+    embedded for nobody (vLLM's with_cancellation, vllm/entrypoints/utils.py, does the same).
+    After the body, the only ASGI message left is http.disconnect (Starlette's
+    StreamingResponse.listen_for_disconnect, starlette/responses.py, waits for it the same way)."""
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the handler itself is cancelled: so is its work
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 async def embeddings(request: Request) -> Response:
     served = _served(request)
     settings = served.settings
@@ -74,7 +110,10 @@ async def embeddings(request: Request) -> Response:
             )
         # The body names the request: a client retrying after a 429 sends it again and claims its booking.
         key = hashlib.blake2b(body, digest_size=16).digest()
-        result = await batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key)
+        work = batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key)
+        result = await _unless_client_leaves(request, work)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         vectors = result.vectors
         if req.dimensions is not None and req.dimensions < spec.dimension:  # Matryoshka
             vectors = vectors[:, : req.dimensions]
