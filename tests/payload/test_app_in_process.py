@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from embedstack.asgi_app import create_app
 from embedstack.config import load_settings
-from embedstack.engines.local import LocalEngine
+from embedstack.engines.local import LocalEngine, weights_id
 from embedstack.errors import QueueFull
 from fake_engine import FakeEngines, token_ids, vector_of
 from gateway_process import BAD_INPUTS
@@ -351,3 +351,11 @@ def test_a_client_that_hangs_up_leaves_nothing_queued_and_nothing_embedded_for_i
             return queued_before, left_status, queued_after, busy_status, len(engine.batches)
 
     assert asyncio.run(main()) == (4, 499, 1, 200, 1)  # the three inputs never reached the engine
+
+
+def test_new_weights_give_a_new_weights_id(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights v1")
+    before = weights_id(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"weights v2 longer")
+    assert weights_id(str(tmp_path)) != before
+    assert weights_id("Qwen/Qwen3-Embedding-0.6B", "97b0c614") != weights_id("Qwen/Qwen3-Embedding-0.6B", "5cf2132a")

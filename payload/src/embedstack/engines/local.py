@@ -68,11 +68,12 @@ def resolve_source(source: str) -> str:
     return source  # a Hugging Face id, resolved by transformers from its cache
 
 
-def weights_id(path: str) -> str:
-    """Names the files a model is loaded from (name, size, modification time): new weights, new id."""
+def weights_id(path: str, commit: str | None = None) -> str:
+    """Names the weights a model is loaded from: for a directory its files (name, size, modification
+    time), for a Hugging Face id the commit transformers resolved. New weights, new id."""
     directory = Path(path)
     if not directory.is_dir():
-        return path  # a hub id: its revision is resolved by transformers' cache
+        return f"{path}@{commit}"
     files = sorted(f for f in directory.rglob("*") if f.is_file())
     listing = [(str(f.relative_to(directory)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     return hashlib.blake2b(repr(listing).encode(), digest_size=16).hexdigest()
@@ -148,7 +149,6 @@ class LocalEngine:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         path = resolve_source(self.spec.source)
-        self._weights_id = weights_id(path)
         local_json = Path(path) / "tokenizer.json"
         if local_json.exists():
             tokenizer = Tokenizer.from_file(str(local_json))
@@ -169,6 +169,7 @@ class LocalEngine:
                 f"model {self.spec.id!r}: 'dimension' is {self.spec.dimension} but {path} produces {hidden}-dim vectors"
             )
         self.pad_id = model.config.pad_token_id or 0
+        self._weights_id = weights_id(path, getattr(model.config, "_commit_hash", None))
         self._model = model.to(self.device).eval()
         self._maybe_compile(torch)
         log.info(
