@@ -13,7 +13,6 @@ deadline: admission, Retry-After and the drain are one budget.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ class Admission:
         self._sample_seconds = 0.0
         self._observed_seconds = 0.0
         self._bookings: dict[object, _Booking] = {}
-        self._anonymous = itertools.count()
 
     def backlog_seconds(self) -> float | None:
         """Estimated seconds of work admitted and not yet done."""
@@ -63,7 +61,7 @@ class Admission:
             wait = (self.queued_cost + ahead + cost) / self.rate - self.max_queue_seconds
             if wait > 0:
                 retry_after = max(1, math.ceil(wait))
-                booking_key = key if key is not None else ("anonymous", next(self._anonymous))
+                booking_key = key if key is not None else object()  # cannot be claimed: it only spaces later refusals
                 self._bookings[booking_key] = _Booking(now + wait, cost, now + retry_after + _BOOKING_GRACE_SECONDS)
                 raise QueueFull(
                     f"the queue holds {self.queued_cost / self.rate:.0f} s of work, more than "
