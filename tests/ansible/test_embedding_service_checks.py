@@ -3,6 +3,8 @@ secrets file away from the gateway; each case through the role's own preflight a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from ansible_play import ROLES, assert_outcome, render_task, run_cases, run_play
 
@@ -80,3 +82,27 @@ def test_the_gateway_gets_vllms_key_but_not_its_env_file(tmp_path) -> None:
     unit = (tmp_path / "embedstack-gateway.service.j2").read_text()
     assert "/etc/vllm" not in unit
     assert "After=network-online.target vllm.service" in unit
+
+
+@pytest.mark.parametrize(
+    ("vllm_vars", "weights"),
+    [
+        ({}, "Qwen/Qwen3-Embedding-0.6B@97b0c614be4d77ee51c0cef4e5f07c00f9eb65b3"),
+        ({"vllm_model": "/opt/models/all-minilm-l6-v2", "vllm_model_revision": ""}, ""),
+    ],
+    ids=["pinned_revision", "local_path"],
+)
+def test_the_upstream_model_names_vllms_weights_only_when_pinned(tmp_path, vllm_vars, weights) -> None:
+    """Named weights turn the gateway's cache on for vLLM's answers; an unpinned path must not."""
+    defaults = [str(ROLES / role / "defaults" / "main.yml") for role in ("vllm", "embedding_service")]
+    task = {
+        "name": "Write the upstream model entry",
+        "ansible.builtin.copy": {
+            "content": "{{ embedding_service_upstream_model | to_json }}",
+            "dest": str(tmp_path / "m"),
+        },
+        "vars": vllm_vars,  # task vars rank above the roles' defaults
+    }
+    play = {"hosts": "localhost", "gather_facts": False, "vars_files": defaults, "tasks": [task]}
+    run_play([play], tmp_path)
+    assert json.loads((tmp_path / "m").read_text())["weights"] == weights

@@ -45,6 +45,7 @@ class FakeEngine:
         self.unavailable: str | None = None
         self.batches: list[list[Item]] = []
         self.closed = False
+        self.warm_rate: float | None = None  # what startup_rate() reports
 
     async def start(self) -> None:
         if self.load_on_start:
@@ -60,6 +61,9 @@ class FakeEngine:
     def cache_fingerprint(self, truncate: bool, input_type: str) -> bytes | None:
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         return repr(("fake", self.spec.id, self.spec.dimension, self.spec.max_tokens, prefix, truncate)).encode()
+
+    def startup_rate(self) -> float | None:
+        return self.warm_rate
 
     def batch_cost(self, rows: int, longest: int) -> int:
         return rows * longest

@@ -41,7 +41,8 @@ def vector_of(item: str | list[int], dimension: int) -> np.ndarray:
 
 
 class FakeVllm:
-    """One fake vLLM server; `fault` makes it misbehave in one named way."""
+    """One fake vLLM server; `fault` makes it misbehave in one named way ("tokenize-miscounts": /tokenize
+    counts one token more than /v1/embeddings uses, as a tokenizer setting only one of them applies would)."""
 
     def __init__(self, model: str = "m", dimension: int = 8, max_model_len: int = 16):
         self.model = model
@@ -67,7 +68,7 @@ class FakeVllm:
             card = {"id": self.model, "object": "model", "owned_by": "vllm", "max_model_len": self.max_model_len}
             return httpx.Response(200, json={"object": "list", "data": [card]})
         if request.url.path == "/tokenize":
-            count = tokens_of(body["prompt"])
+            count = tokens_of(body["prompt"]) + (1 if fault == "tokenize-miscounts" else 0)
             return httpx.Response(200, json={"count": count, "max_model_len": self.max_model_len, "tokens": []})
         if request.url.path == "/v1/embeddings":
             return self.embeddings(body)

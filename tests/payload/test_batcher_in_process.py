@@ -199,6 +199,9 @@ class StuckEngine:
     async def prepare(self, inputs, *, truncate, input_type):
         return [Item(payload=inputs, cost=len(inputs), inputs=len(inputs))]
 
+    def startup_rate(self):
+        return None
+
     async def run(self, items):
         await asyncio.sleep(60)
 
@@ -311,3 +314,26 @@ def test_a_drain_answers_held_requests_503_at_once_they_were_never_admitted():
     refused, complete = asyncio.run(main())
     assert isinstance(refused, Unavailable) and refused.code == "draining"
     assert complete
+
+
+def test_the_first_burst_is_paced_by_the_engines_warm_up_throughput():
+    async def main(warm_rate):
+        eng = engine()
+        eng.hold = asyncio.Event()
+        eng.warm_rate = warm_rate
+        batcher = batcher_for(eng)  # start() reads the engine's warm-up rate
+        batcher.admission.max_queue_seconds = 1.0
+        try:
+            first = embed(batcher, ["w " * 8])  # no batch has finished: nothing measured yet
+            await settle()
+            second = embed(batcher, ["w " * 100])
+            await settle()
+            eng.hold.set()
+            await first
+            outcome = await asyncio.gather(second, return_exceptions=True)
+            return outcome[0].retry_after if isinstance(outcome[0], QueueFull) else "admitted"
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main(10.0)) == 10  # (8 + 100) / 10 - 1 = 9.8 s, said before any batch ran
+    assert asyncio.run(main(None)) == "admitted"  # without a warm-up figure, nothing to estimate from

@@ -13,10 +13,13 @@ import httpx
 import numpy as np
 import pytest
 from embedstack.api.error_responses import error_response, status_of
+from embedstack.batcher import Batcher
 from embedstack.config import load_settings, parse_model
+from embedstack.embedding_cache import EmbeddingCache
 from embedstack.engines import upstream as upstream_module
 from embedstack.engines.upstream import UpstreamEngine
 from embedstack.errors import ConfigError, InvalidInput, QueueFull, Unavailable, UpstreamError
+from embedstack.metrics import Metrics
 from fake_vllm import FakeVllm, vector_of
 
 pytestmark = pytest.mark.fast
@@ -32,7 +35,9 @@ def quick_checks(monkeypatch):
     monkeypatch.setattr(upstream_module, "_WAIT_FOR_UPSTREAM", 0.3)
 
 
-def engine_for(fakes: dict[str, FakeVllm], max_tokens: int = MAX_TOKENS, **settings) -> UpstreamEngine:
+def engine_for(
+    fakes: dict[str, FakeVllm], max_tokens: int = MAX_TOKENS, weights: str = "", **settings
+) -> UpstreamEngine:
     spec = parse_model(
         {
             "id": "m",
@@ -40,6 +45,7 @@ def engine_for(fakes: dict[str, FakeVllm], max_tokens: int = MAX_TOKENS, **setti
             "dimension": DIM,
             "max_tokens": max_tokens,
             "upstreams": [f"http://{host}" for host in fakes],
+            "weights": weights,
         },
         "test",
     )
@@ -270,3 +276,49 @@ def test_an_upstream_of_another_dimension_is_refused_at_start():
 
     with pytest.raises(ConfigError, match="at 16 dimensions, but this gateway is configured for 8; refusing it"):
         asyncio.run(main())
+
+
+async def cached_rounds(fake: FakeVllm, weights: str, rounds: list[list]) -> list:
+    """Each round's (vectors, usage) and the inputs each sent upstream, through a batcher with a cache."""
+    async with serving({"a": fake}, weights=weights) as engine:
+        metrics = Metrics()
+        batcher = Batcher(
+            engine, max_batch_tokens=8192, max_wait_ms=0, max_queue_inputs=100, max_queue_seconds=60,
+            metrics=metrics, cache=EmbeddingCache(1 << 20, metrics),
+        )  # fmt: skip
+        batcher.start()
+        try:
+            answers = []
+            for inputs in rounds:
+                sent = len(embedding_requests(fake))
+                result = await batcher.embed(inputs, truncate=True, input_type="document")
+                answers.append(
+                    (result.vectors, result.prompt_tokens, [b["input"] for b in embedding_requests(fake)[sent:]])
+                )
+            return answers
+        finally:
+            await batcher.close()
+
+
+def test_answers_of_a_named_revision_are_cached_with_each_inputs_tokens():
+    fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
+    batch = ["one two three", "four five", [7, 8, 9], long_text(40)]
+    first, again, mixed = asyncio.run(cached_rounds(fake, "m@1a2b3c", [batch, batch, ["four five", "six seven eight"]]))
+    assert first[1] == 5 + 4 + 3 + MAX_TOKENS  # usage as vLLM counts it, the long text cut to 16
+    np.testing.assert_array_equal(again[0], first[0])
+    assert (again[1], again[2]) == (first[1], [])  # same vectors and usage, no upstream call
+    assert mixed[2] == [["six seven eight"]]  # only what was not cached goes upstream
+    np.testing.assert_array_equal(mixed[0][0], first[0][1])
+    assert mixed[1] == 4 + 5
+
+
+def test_answers_are_not_cached_without_a_revision_or_when_counts_disagree_with_usage():
+    batch = ["one two three", "four five"]
+    unnamed = asyncio.run(cached_rounds(FakeVllm(dimension=DIM), "", [batch, batch]))
+    miscounting = FakeVllm(dimension=DIM)
+    miscounting.fault = "tokenize-miscounts"
+    disagreeing = asyncio.run(cached_rounds(miscounting, "m@1a2b3c", [batch, batch]))
+    for first, again in (unnamed, disagreeing):
+        assert again[2] == [batch]  # embedded upstream again, never served from a guess
+        np.testing.assert_array_equal(again[0], first[0])
+        assert again[1] == first[1] == 9

@@ -26,12 +26,15 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
 
 @pytest.fixture(scope="module")
 def gateways(vllm: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
-    """Two gateways in front of the same vLLM: truncation on (the default) and off."""
+    """Gateways in front of the same vLLM: truncation on (the default) and off, and one that names
+    the weights vLLM serves, so it caches vLLM's answers."""
     tmp = tmp_path_factory.mktemp("gateways")
     models = str(models_file(tmp, vllm.url))
+    named = str(models_file(tmp, vllm.url, weights="all-MiniLM-L6-v2@bundled"))
     started = {
         "truncating": GatewayProcess(tmp, env={"EMBEDSTACK_MODELS": models}),
         "strict": GatewayProcess(tmp, env={"EMBEDSTACK_MODELS": models, "EMBEDSTACK_TRUNCATE": "false"}),
+        "caching": GatewayProcess(tmp, env={"EMBEDSTACK_MODELS": named}),
     }
     try:
         yield {name: gw.wait_ready() for name, gw in started.items()}

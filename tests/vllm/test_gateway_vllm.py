@@ -37,6 +37,24 @@ def test_vectors_through_the_gateway_match_sentence_transformers(gateways):
     assert cosines.min() >= 0.999, cosines
 
 
+def test_re_embedding_the_same_chunks_is_answered_from_the_cache_with_vllms_usage(gateways):
+    gateway = client(gateways["caching"].url)
+    first = gateway.embeddings.create(model=MODEL, input=CODE)
+    hits_before = cache_hits(gateways["caching"].url)
+    again = gateway.embeddings.create(model=MODEL, input=CODE)
+    # vLLM's /tokenize counts, truncation included, add up to its usage, so the cache kept every vector
+    assert cache_hits(gateways["caching"].url) - hits_before == len(CODE)
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    assert [d.embedding for d in again.data] == [d.embedding for d in first.data]
+
+
+def cache_hits(url: str) -> float:
+    metrics = httpx.get(url + "/metrics").text
+    return sum(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("embedstack_cache_hits_total")
+    )
+
+
 def test_an_input_over_the_models_maximum_is_truncated(gateways):
     long_input = "token " * 1000
     answer = client(gateways["truncating"].url).embeddings.create(model=MODEL, input=["short", long_input])

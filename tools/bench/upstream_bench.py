@@ -51,12 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def models_file(directory: Path, vllm_url: str) -> Path:
-    """A registry serving the bundled model through the vLLM at vllm_url (the bench and tests/vllm)."""
-    path = directory / "models.yaml"
+def models_file(directory: Path, vllm_url: str, weights: str = "") -> Path:
+    """A registry serving the bundled model through the vLLM at vllm_url (the bench and tests/vllm);
+    with `weights` named, the gateway caches vLLM's answers."""
+    path = directory / f"models{'-' + weights.replace('/', '_') if weights else ''}.yaml"
     path.write_text(
         f"models:\n  - id: {MODEL_NAME}\n    engine: upstream\n    dimension: 384\n    max_tokens: {MAX_MODEL_LEN}\n"
-        f"    upstreams:\n      - url: {vllm_url}\n"
+        f"    weights: '{weights}'\n    upstreams:\n      - url: {vllm_url}\n"
     )
     return path
 

@@ -45,7 +45,7 @@ class Result:
 @dataclass(slots=True)
 class _Computed:
     vectors: np.ndarray
-    input_tokens: list[int]  # per item; per input where the engine's answers are cached
+    input_tokens: list[int]  # per input where the engine knows them, else per item
 
     @property
     def prompt_tokens(self) -> int:
@@ -90,6 +90,8 @@ class Batcher:
         self._truncation_log_window = (0.0, 0)  # (minute started, lines logged in it)
 
     def start(self) -> None:
+        """Serve from the loaded engine; admission starts from its warm-up throughput, if it measured one."""
+        self.admission.rate = self.engine.startup_rate()
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.engine.spec.id}")
 
     async def embed(self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None) -> Result:
@@ -143,7 +145,7 @@ class Batcher:
             self._count_queued(-n)
             self.admission.release(cost)
         vectors = outputs[0].vectors if len(outputs) == 1 else np.concatenate([o.vectors for o in outputs])
-        return _Computed(vectors, [o.tokens for o in outputs])
+        return _Computed(vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])])
 
     async def _admit(self, cost: int, key: object) -> None:
         """Admit now, or hold the request until its booked slot when that is close enough.

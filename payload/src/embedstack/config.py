@@ -53,6 +53,8 @@ class ModelSpec:
     # upstream engine
     upstreams: tuple[Upstream, ...] = ()
     upstream_model: str = ""  # the id the upstream serves; defaults to id
+    # names the upstream's weights (e.g. <hub id>@<commit>); when set, the gateway caches its answers
+    weights: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ class Item:
 class Output:
     vectors: np.ndarray  # (inputs, dimension) float32, L2-normalised
     tokens: int
+    input_tokens: list[int] | None = None  # each input's tokens, when an item of several inputs knows them
 
 
 class Engine(Protocol):
@@ -49,6 +50,10 @@ class Engine(Protocol):
     def cache_fingerprint(self, truncate: bool, input_type: str) -> bytes | None:
         """Everything besides the input that makes this engine's vectors, for the embedding cache;
         None when its answers are not cached (it cannot say how many tokens each input had)."""
+
+    def startup_rate(self) -> float | None:
+        """Cost per second a full batch took at start-up (warm-up), so admission has an estimate
+        before the first request's batch; None when the engine has not measured one."""
 
     def batch_cost(self, rows: int, longest: int) -> int:
         """Tokens a batch of `rows` items occupies when its longest item costs `longest`."""

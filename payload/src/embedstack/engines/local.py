@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -104,6 +105,7 @@ class LocalEngine:
         self.vocab_size = 0
         self.pad_id = 0
         self._weights_id = ""
+        self._warm_rate: float | None = None
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
@@ -123,6 +125,9 @@ class LocalEngine:
         # A vector is one token sequence's, so a text's truncation and prefix are part of its key.
         model = (spec.id, spec.source, self._weights_id, spec.dimension, spec.pooling, spec.max_tokens)
         return repr(("local", *model, prefix, truncate, self.device, self.dtype)).encode()
+
+    def startup_rate(self) -> float | None:
+        return self._warm_rate
 
     def batch_cost(self, rows: int, longest: int) -> int:
         return bucket_rows(rows) * longest
@@ -226,6 +231,10 @@ class LocalEngine:
         rows = max(2, self.settings.max_batch_tokens // longest)
         for batch, length in ((1, 8), (2, 16), (rows, longest)):
             self._forward([[self.pad_id + 1] * length] * batch)
+        # Once more, warm, and timed: admission's throughput estimate until real batches measure it.
+        started = time.perf_counter()
+        self._forward([[self.pad_id + 1] * longest] * rows)
+        self._warm_rate = self.batch_cost(rows, longest) / max(time.perf_counter() - started, 1e-6)
 
     def _tokenize(self, inputs: list[Input], truncate: bool, input_type: str) -> tuple[list[list[int]], set[int]]:
         """Token ids for each input, and the indices of those cut to max_tokens."""

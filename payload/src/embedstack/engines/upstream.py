@@ -87,6 +87,10 @@ class UpstreamEngine:
         self._verifier: asyncio.Task | None = None
         self._started = False
         self._fatal: ConfigError | None = None
+        # The cache keeps each vector with its input's tokens, and vLLM reports one total per request:
+        # counting each input costs /tokenize calls, paid only when answers are cached.
+        self._counts_inputs = bool(spec.weights) and settings.cache_bytes > 0
+        self._miscount_logged = False
 
     def unavailable_reason(self) -> str | None:
         if self._available.is_set():
@@ -194,7 +198,16 @@ class UpstreamEngine:
     # --- serving ---
 
     def cache_fingerprint(self, truncate: bool, input_type: str) -> bytes | None:
-        return None  # vLLM reports usage per request, not per input: a cached vector could not say its tokens
+        # Without a named revision the weights behind the model id could change unseen: no caching.
+        if not self._counts_inputs:
+            return None
+        spec = self.spec
+        prefix = spec.query_prefix if input_type == "query" else spec.document_prefix
+        model = (self.model_name, spec.weights, spec.dimension, spec.max_tokens)
+        return repr(("upstream", *model, prefix, truncate)).encode()
+
+    def startup_rate(self) -> float | None:
+        return None  # the probe is one short input: no measure of what a batch costs
 
     def batch_cost(self, rows: int, longest: int) -> int:
         return rows * longest
@@ -236,7 +249,9 @@ class UpstreamEngine:
                         continue
                     tried.add(self._states.index(state))
                     try:
-                        return await self._embed_once(state, inputs, truncate=truncate, deadline=deadline)
+                        return await self._embed_once(
+                            state, inputs, truncate=truncate, deadline=deadline, count_each=self._counts_inputs
+                        )
                     except _Refused as exc:
                         if not truncate and _is_context_length(exc.reason):
                             raise await self._name_long_input(state, inputs, exc.reason, deadline) from None
@@ -268,13 +283,70 @@ class UpstreamEngine:
         return True
 
     async def _embed_once(
-        self, state: _UpstreamState, inputs: list[Input], *, truncate: bool, deadline: float
+        self, state: _UpstreamState, inputs: list[Input], *, truncate: bool, deadline: float, count_each: bool = False
     ) -> Output:
         body: dict = {"model": self.model_name, "input": inputs, "encoding_format": "base64"}
         if truncate and state.max_model_len:  # vLLM refuses long inputs unless asked to truncate
             body["truncate_prompt_tokens"] = min(self.spec.max_tokens, state.max_model_len)
-        answer = await self._request(state.upstream, "POST", "/v1/embeddings", body, deadline)
-        return self._check_answer(state.upstream, answer, len(inputs))
+        counting = asyncio.ensure_future(self._count_texts(state, inputs, truncate, deadline)) if count_each else None
+        try:
+            answer = await self._request(state.upstream, "POST", "/v1/embeddings", body, deadline)
+            output = self._check_answer(state.upstream, answer, len(inputs))
+        except BaseException:
+            if counting:
+                counting.cancel()
+            raise
+        if counting:
+            output.input_tokens = self._each_input(inputs, await counting, output.tokens)
+        return output
+
+    async def _count_texts(
+        self, state: _UpstreamState, inputs: list[Input], truncate: bool, deadline: float
+    ) -> dict[int, int] | None:
+        """Tokens of each text input, as vLLM's /tokenize counts them (beside the embedding call).
+
+        Only where the upstream truncates at the gateway's max_tokens (it reports max_model_len,
+        as vLLM does), so a count is what the vector was made from. None when unknown.
+        """
+        texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        limit = self.spec.max_tokens
+        if not state.max_model_len or state.max_model_len < limit:
+            return None
+        if len(texts) < 2:
+            return {}  # one text's count is the total less the token-id inputs
+        try:
+            answers = await asyncio.gather(
+                *(
+                    self._request(
+                        state.upstream, "POST", "/tokenize", {"model": self.model_name, "prompt": inputs[i]}, deadline
+                    )
+                    for i in texts
+                )
+            )
+            counts = {i: int(answer["count"]) for i, answer in zip(texts, answers, strict=True)}
+        except (_Failed, _DeadlineExceeded, KeyError, TypeError, ValueError):
+            return None  # the answer is served anyway, just not cached
+        return {i: min(c, limit) for i, c in counts.items()} if truncate else counts
+
+    def _each_input(self, inputs: list[Input], text_counts: dict[int, int] | None, total: int) -> list[int] | None:
+        """Each input's tokens, only when they add up to the usage the upstream reported."""
+        if text_counts is None:
+            return None
+        counts = [len(x) if isinstance(x, list) else text_counts.get(i, 0) for i, x in enumerate(inputs)]
+        texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        if len(texts) == 1:
+            counts[texts[0]] = total - sum(counts)
+        if sum(counts) == total and all(c > 0 for c in counts):
+            return counts
+        if not self._miscount_logged:  # e.g. a tokenizer config /tokenize does not share
+            log.warning(
+                "upstream token counts (%s) do not add up to its usage (%d tokens): answers of several inputs "
+                "are not cached",
+                sum(counts),
+                total,
+            )
+            self._miscount_logged = True
+        return None
 
     def _check_answer(self, upstream: Upstream, answer: object, n: int) -> Output:
         url = upstream.url
