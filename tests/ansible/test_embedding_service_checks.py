@@ -11,6 +11,8 @@ from ansible_play import ROLES, assert_outcome, render_task, run_cases, run_play
 ROLE = ROLES / "embedding_service"
 KEY = "gateway-key-0123456789abcdef"
 PREFLIGHT = {"name": "embedding_service", "tasks_from": "preflight.yml"}
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 # Each case's variables, and what the refusal must say (nothing: the preflight must accept it).
 CASES = {
     "short_key": ({"embedding_service_api_keys": [KEY, "short-key"]}, ("shorter than 16 characters",)),
@@ -50,6 +52,18 @@ CASES = {
         },
         (),
     ),
+    "tls_cert_without_key": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_tls_cert": CERT},
+        ("embedding_service_tls_cert and embedding_service_tls_key go together",),
+    ),
+    "tls_key_not_pem": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_tls_cert": CERT, "embedding_service_tls_key": "k"},
+        ("PEM private key",),
+    ),
+    "tls_pair": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_tls_cert": CERT, "embedding_service_tls_key": PEM_KEY},
+        (),
+    ),
     "cache_on_disk_not_a_boolean": (
         {"embedding_service_api_keys": [KEY], "embedding_service_cache_on_disk": "maybe"},
         ("embedding_service_cache_on_disk",),
@@ -68,6 +82,17 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_the_preflight_refuses_what_it_should_and_only_that(outcomes: dict[str, str], case: str) -> None:
     assert_outcome(outcomes, case, CASES[case][1])
     assert "short-key" not in outcomes[case]  # a key never appears in a message
+    assert "MIIE" not in outcomes[case]
+
+
+def test_with_a_certificate_the_gateway_is_told_to_serve_https(tmp_path) -> None:
+    variables = {"embedding_service_tls_cert": CERT, "embedding_service_tls_key": PEM_KEY}
+    task = render_task(ROLE / "templates" / "gateway.env.j2", tmp_path / "gateway.env", variables)
+    play = {"hosts": "localhost", "gather_facts": False, "vars_files": [str(ROLE / "defaults" / "main.yml")]}
+    run_play([{**play, "tasks": [task]}], tmp_path)
+    env = (tmp_path / "gateway.env").read_text().splitlines()
+    assert "EMBEDSTACK_TLS_CERT=/etc/embedstack/tls-cert.pem" in env
+    assert "EMBEDSTACK_TLS_KEY=/etc/embedstack/tls-key.pem" in env
 
 
 def test_the_gateway_gets_vllms_key_but_not_its_env_file(tmp_path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,7 +43,10 @@ class GatewayProcess:
         self, tmp: Path, env: dict[str, str] | None = None, args: list[str] | None = None, python: str = sys.executable
     ):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With EMBEDSTACK_TLS_CERT (a self-signed certificate is its own CA) the gateway serves HTTPS
+        cert = (env or {}).get("EMBEDSTACK_TLS_CERT")
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cert) if cert else True
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self.log_path = tmp / f"gateway-{self.port}.log"
         full_env = {
             **os.environ,
@@ -70,7 +74,7 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log}")
             try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/ready", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -84,3 +84,19 @@ def test_missing_files_are_reported_by_path(tmp_path):
         load_models(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="cannot read API keys file"):
         load_settings({"api_keys_file": tmp_path / "absent"}, env={})
+
+
+def test_tls_needs_a_readable_certificate_and_its_own_key(tmp_path):
+    from standins.base import self_signed_certificate
+
+    cert, key, other_cert, other_key = (tmp_path / n for n in ("c.pem", "k.pem", "oc.pem", "ok.pem"))
+    self_signed_certificate(cert, key, "gateway")
+    self_signed_certificate(other_cert, other_key, "another")
+    settings = load_settings({"tls_cert": cert, "tls_key": key}, env={})
+    assert (settings.tls_cert, settings.tls_key) == (cert, key)
+    with pytest.raises(ConfigError, match="EMBEDSTACK_TLS_CERT and EMBEDSTACK_TLS_KEY go together"):
+        load_settings({}, env={"EMBEDSTACK_TLS_CERT": str(cert)})
+    with pytest.raises(ConfigError, match=f"cannot read EMBEDSTACK_TLS_KEY {tmp_path}/absent.pem"):
+        load_settings({"tls_cert": cert, "tls_key": tmp_path / "absent.pem"}, env={})
+    with pytest.raises(ConfigError, match="are not a PEM certificate and its private key"):
+        load_settings({"tls_cert": cert, "tls_key": other_key}, env={})

@@ -68,6 +68,16 @@ def test_roo_config_prints_what_roo_code_needs(tmp_path):
     assert "embeds up to 256 tokens of a chunk, about 947 characters of code" in table
 
 
+def test_roo_config_of_an_https_gateway_says_how_vs_code_trusts_its_ca(tmp_path):
+    inv = make_inventory(tmp_path)
+    with (inv / "group_vars" / "embedding.yml").open("a") as f:
+        f.write("embedding_service_tls_cert: '-----BEGIN CERTIFICATE-----'\n")
+    table = embedstack("roo-config", "-i", str(inv))
+    assert table.returncode == 0, table.stderr
+    assert "https://127.0.0.1:8080/v1" in table.stdout
+    assert "NODE_EXTRA_CA_CERTS=" in table.stdout
+
+
 def test_health_reports_unreachable_hosts_without_crashing(tmp_path):
     inv = make_inventory(tmp_path, port=1)  # nothing listens on 127.0.0.1:1
     out = embedstack("health", "-i", str(inv), "--json")

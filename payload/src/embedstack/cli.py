@@ -13,7 +13,14 @@ from embedstack.errors import ConfigError
 def _serve(args: argparse.Namespace) -> int:
     from embedstack.http_server import serve
 
-    overrides = {"host": args.host, "port": args.port, "models_file": args.models, "api_keys_file": args.api_keys}
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "models_file": args.models,
+        "api_keys_file": args.api_keys,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+    }
     return serve(load_settings(overrides))
 
 
@@ -52,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (EMBEDSTACK_PORT, default 8080)")
     serve.add_argument("--models", metavar="FILE", help="model registry YAML (EMBEDSTACK_MODELS)")
     serve.add_argument("--api-keys", metavar="FILE", help="API keys, one a line (EMBEDSTACK_API_KEYS_FILE)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (EMBEDSTACK_TLS_CERT)")
+    serve.add_argument("--tls-key", metavar="FILE", help="...and its PEM private key (EMBEDSTACK_TLS_KEY)")
     serve.set_defaults(func=_serve)
 
     health = sub.add_parser(

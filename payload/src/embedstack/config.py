@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ class Settings:
     models_file: Path | None = None
     api_keys_file: Path | None = None
     api_keys: frozenset[str] = frozenset()
+    # HTTPS: a PEM certificate (chain) and its key; both or neither (plain HTTP is for loopback and labs)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     max_inputs_per_request: int = 2048
     max_body_bytes: int = 8 * 1024 * 1024  # Roo's 60 chunks of ~1,150 characters are ~100 KB
     truncate: bool = True
@@ -104,6 +108,8 @@ _ENV_FIELDS = {
     "port": int,
     "models_file": Path,
     "api_keys_file": Path,
+    "tls_cert": Path,
+    "tls_key": Path,
     "max_inputs_per_request": int,
     "max_body_bytes": int,
     "truncate": bool,
@@ -166,7 +172,28 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
     values["models"] = tuple(load_models(values.get("models_file")))
     settings = Settings(**values)
     _check_limits(settings)
+    _check_tls(settings)
     return settings
+
+
+def _check_tls(s: Settings) -> None:
+    """Load the pair the way the server will, so a bad file fails here with its name, not in uvicorn."""
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise ConfigError("EMBEDSTACK_TLS_CERT and EMBEDSTACK_TLS_KEY go together: set both for HTTPS, or neither")
+    if s.tls_cert is None or s.tls_key is None:
+        return
+    for name, path in (("EMBEDSTACK_TLS_CERT", s.tls_cert), ("EMBEDSTACK_TLS_KEY", s.tls_key)):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {name} {path}: {exc.strerror}") from None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(s.tls_cert, s.tls_key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"EMBEDSTACK_TLS_CERT {s.tls_cert} and EMBEDSTACK_TLS_KEY {s.tls_key} are not a PEM certificate and "
+            f"its private key ({exc.reason or exc})"
+        ) from None
 
 
 def _check_limits(s: Settings) -> None:

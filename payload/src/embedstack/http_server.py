@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from types import FrameType
@@ -81,10 +82,23 @@ class DrainingServer(uvicorn.Server):
         )
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.api_keys:
         log.warning(NO_KEYS_WARNING.format(where=f"{settings.host}:{settings.port}"))
+    if settings.tls_cert is None and not _loopback(settings.host):
+        log.warning(
+            "serving plain HTTP on %s: API keys and inputs cross the network readable; "
+            "set --tls-cert/--tls-key for HTTPS",
+            settings.host,
+        )
     app = create_app(settings)
     served: ServedModels = app.state.served_models
     config = uvicorn.Config(
@@ -96,6 +110,8 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=5,
         # Behind a load balancer an idle keep-alive must outlive the LB's, or requests hit closed sockets.
         timeout_keep_alive=75,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     server = DrainingServer(config, served, settings.drain_seconds)
 

@@ -20,7 +20,9 @@ def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:
     settings: dict[str, str | int] = {
         "Embedder Provider": "OpenAI Compatible",
         # A load balancer's address (GCP) wins over the first host's.
-        "Base URL": str(gw.vars.get("embedstack_gateway_url") or f"http://{gw.address}:{gw.gateway_port}/v1"),
+        "Base URL": str(
+            gw.vars.get("embedstack_gateway_url") or f"{gateway_scheme(gw)}://{gw.address}:{gw.gateway_port}/v1"
+        ),
         "API Key": first_key(gw.vars.get("embedding_service_api_keys")) or "any-non-empty-text (the gateway is open)",
         "Model": model,
         "Model Dimension": dimension,
@@ -34,6 +36,20 @@ def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:
         )
         settings["Qdrant API Key"] = str(qd.vars.get("qdrant_api_key", ""))
     return settings, gateway_max_tokens(gw)
+
+
+def gateway_scheme(gw) -> str:
+    return "https" if gw.vars.get("embedding_service_tls_cert") else "http"
+
+
+# The Node.js documentation of the variable (https://nodejs.org/api/cli.html#node_extra_ca_certsfile):
+# read once at start-up, so VS Code must be started with it set.
+TRUST_NOTE = (
+    "The gateway serves HTTPS. Roo Code (Node.js inside VS Code) must trust the CA that signed its certificate: "
+    "start VS Code with NODE_EXTRA_CA_CERTS=/path/to/ca.pem in its environment (Node reads it once, at start-up), "
+    "or add the CA to your operating system's trust store. Without it Roo reports a certificate error and sends "
+    "nothing."
+)
 
 
 # Measured with all-MiniLM-L6-v2's tokenizer on 2,000 1,000-character chunks of the Python standard
@@ -60,4 +76,6 @@ def run_roo_config(inventory: list[str], as_json: bool) -> int:
     for key, value in settings.items():
         print(f"  {key:<{width}}  {value}")
     print("\n" + chunk_note(max_tokens))
+    if str(settings["Base URL"]).startswith("https://"):
+        print("\n" + TRUST_NOTE)
     return 0
