@@ -27,6 +27,9 @@ BAD_INPUTS = [
     ({"input": "x", "dimensions": 385}, "384"),
     ({"input": "x", "dimensions": 0}, "dimensions"),
     ({"input": "x", "encoding_format": "int8"}, "float, base64"),
+    ({"input": [[5, -3]]}, "input[0] contains token id -3"),
+    ({"input": ["x", [2**63 + 1]]}, "input[1] contains token id"),  # found by schemathesis: was a 500
+    ({"input": "x", "user": {"id": 1}}, "'user' must be a string"),
 ]
 
 

@@ -359,3 +359,12 @@ def test_new_weights_give_a_new_weights_id(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights v2 longer")
     assert weights_id(str(tmp_path)) != before
     assert weights_id("Qwen/Qwen3-Embedding-0.6B", "97b0c614") != weights_id("Qwen/Qwen3-Embedding-0.6B", "5cf2132a")
+
+
+def test_the_openapi_document_states_the_limits_requests_meet(client):
+    doc = client.get("/openapi.json").json()  # open, like /health: it holds no secret
+    request = doc["components"]["schemas"]["Request"]["properties"]
+    assert request["model"]["enum"] == sorted([MODEL, "sentence-transformers/all-MiniLM-L6-v2"])
+    assert request["input"]["oneOf"][1]["maxItems"] == 2048
+    assert request["dimensions"]["maximum"] == 384
+    assert set(doc["paths"]) >= {"/v1/embeddings", "/embeddings", "/v1/models", "/ready"}

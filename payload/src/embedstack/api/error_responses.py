@@ -26,7 +26,7 @@ ERROR_TABLE: dict[type[errors.EmbedstackError], tuple[int, str]] = {
     errors.Unavailable: (503, "server_error"),
     errors.ConfigError: (500, "server_error"),
 }
-_RETRYABLE = {429, 502, 503}  # 502: an upstream failed, another try may reach a good one
+RETRYABLE = {429, 502, 503}  # 502: an upstream failed, another try may reach a good one
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
@@ -39,7 +39,7 @@ def error_response(
     retry_after: int | None = None,
 ) -> Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    headers = {"Retry-After": str(retry_after or RETRY_AFTER_SECONDS)} if status in _RETRYABLE else None
+    headers = {"Retry-After": str(retry_after or RETRY_AFTER_SECONDS)} if status in RETRYABLE else None
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 

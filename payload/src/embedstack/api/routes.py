@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from embedstack.api.openapi import openapi_document
 from embedstack.api.schemas import parse_embeddings_request
 from embedstack.batcher import Result
 from embedstack.errors import AuthenticationFailed, BodyTooLarge, InvalidInput, Unavailable
@@ -179,6 +180,11 @@ async def models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+async def openapi(request: Request) -> Response:
+    served = _served(request)
+    return JSONResponse(openapi_document(served.settings, served.specs))
+
+
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "alive"})
 
@@ -204,6 +210,7 @@ ROUTES = [
     Route("/embeddings", embeddings, methods=["POST"]),
     Route("/v1/models", models, methods=["GET"]),
     Route("/models", models, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/ready", ready, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -10,6 +10,8 @@ import orjson
 from embedstack.errors import InvalidInput
 
 ENCODING_FORMATS = ("float", "base64")
+# No vocabulary is this large; the bound keeps every id a machine integer for the cache key and the engines.
+MAX_TOKEN_ID = 2**31
 INPUT_TYPES = ("document", "query")
 
 
@@ -86,6 +88,8 @@ def parse_embeddings_request(body: bytes, *, max_inputs: int, max_tokens: int | 
     model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInput("'model' is required and must be a string", param="model", code="missing_required_parameter")
+    if not isinstance(doc.get("user"), str | None):  # OpenAI's end-user id: accepted, unused
+        raise InvalidInput("'user' must be a string", param="user")
     return EmbeddingsRequest(
         model=model,
         inputs=_parse_input(doc.get("input"), max_inputs),
@@ -122,6 +126,12 @@ def _parse_input(raw: object, max_inputs: int) -> list[str | list[int]]:
         elif _token_list(item):
             if not item:
                 raise InvalidInput(f"input[{i}] is an empty token list", param="input", code="empty_input")
+            if min(item) < 0 or max(item) >= MAX_TOKEN_ID:  # C speed; the engine checks its own vocabulary
+                raise InvalidInput(
+                    f"input[{i}] contains token id {min(item) if min(item) < 0 else max(item)}, outside any vocabulary",
+                    param="input",
+                    code="invalid_token_id",
+                )
         else:
             raise InvalidInput(
                 f"input[{i}] must be a string or a list of integer token ids, got {type(item).__name__}",

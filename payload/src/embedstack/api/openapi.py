@@ -1,0 +1,194 @@
+"""The OpenAPI 3.1 document of the API this gateway serves (GET /openapi.json).
+
+Written from the same settings and models the routes enforce: the limits in it (inputs per
+request, dimensions, served model names) are the ones a request meets, so a client or a fuzzer
+that follows the document is refused only for what the document cannot say (a token id outside
+the vocabulary, an input too long with truncation off). Field meanings follow OpenAI's embeddings
+API; `input_type` is this gateway's addition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embedstack import __version__
+from embedstack.api.error_responses import ERROR_TABLE, RETRYABLE
+from embedstack.api.schemas import ENCODING_FORMATS, INPUT_TYPES, MAX_TOKEN_ID
+from embedstack.config import ModelSpec, Settings
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_JSON = "application/json"
+
+
+def _error_response(description: str, retry: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {_JSON: {"schema": _ERROR}}}
+    if retry:
+        response["headers"] = {
+            "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string"}}
+        }
+    return response
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "Invalid request: the message names the field or input index",
+        401: "Missing or wrong API key",
+        404: "Model not served",
+        405: "Method not allowed",
+        413: "Body over the size cap",
+        429: "Queue full: retry after Retry-After seconds",
+        499: "The client closed the connection first (never read; counted in /metrics)",
+        500: "Unexpected failure, logged",
+        502: "Every upstream failed",
+        503: "Loading, draining, or no upstream available",
+    }
+    return {str(s): _error_response(meaning[s], s in RETRYABLE) for s in statuses}
+
+
+def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, Any]:
+    names = sorted({name for spec in specs for name in spec.names})
+    widest = max(spec.dimension for spec in specs)
+    max_inputs = settings.max_inputs_per_request
+    token_ids = {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID - 1},
+        "minItems": 1,
+    }
+    text = {"type": "string", "minLength": 1}
+    request = {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "enum": names, "description": "A served model id or alias"},
+            "input": {
+                "description": "A string, a list of strings, a list of token ids, or a list of token-id lists",
+                "oneOf": [
+                    text,
+                    {"type": "array", "items": text, "minItems": 1, "maxItems": max_inputs},
+                    token_ids,
+                    {"type": "array", "items": token_ids, "minItems": 1, "maxItems": max_inputs},
+                ],
+            },
+            "encoding_format": {"enum": [*ENCODING_FORMATS, None], "default": "float"},
+            "dimensions": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": widest,
+                "description": "Matryoshka cut",
+            },
+            "input_type": {"enum": [*INPUT_TYPES, None], "default": "document"},
+            "user": {"type": ["string", "null"], "description": "An end-user id, as OpenAI's; unused"},
+        },
+    }
+    embedding = {
+        "type": "object",
+        "required": ["object", "index", "embedding"],
+        "properties": {
+            "object": {"const": "embedding"},
+            "index": {"type": "integer", "minimum": 0},
+            "embedding": {
+                "oneOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {"type": "string", "description": "base64 of little-endian float32"},
+                ]
+            },
+        },
+    }
+    usage = {
+        "type": "object",
+        "required": ["prompt_tokens", "total_tokens"],
+        "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+    }
+    embeddings_list = {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": embedding},
+            "model": {"type": "string"},
+            "usage": usage,
+        },
+    }
+    model = {
+        "type": "object",
+        "required": ["id", "object", "owned_by", "dimension", "max_tokens"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+            "root": {"type": "string"},
+            "dimension": {"type": "integer"},
+            "max_tokens": {"type": "integer"},
+            "engine": {"type": "string"},
+        },
+    }
+    error = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "enum": sorted({t for _, t in ERROR_TABLE.values()})},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    }
+    security = [{"bearer": []}, {"apiKey": []}] if settings.api_keys else []
+    embed_operation = {
+        "summary": "Create embeddings",
+        "security": security,
+        "requestBody": {"required": True, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Request"}}}},
+        "responses": {
+            "200": {"description": "Vectors in input order", "content": {_JSON: {"schema": embeddings_list}}},
+            **_errors(400, 401, 404, 405, 413, 429, 499, 500, 502, 503),
+        },
+    }
+    models_operation = {
+        "summary": "List the served models (one entry per id and alias)",
+        "security": security,
+        "responses": {
+            "200": {
+                "description": "Served models",
+                "content": {
+                    _JSON: {"schema": {"type": "object", "properties": {"data": {"type": "array", "items": model}}}}
+                },
+            },
+            **_errors(401, 405),
+        },
+    }
+
+    def plain(summary: str, media: str = _JSON, *statuses: int) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": summary,
+                "responses": {"200": {"description": "OK", "content": {media: {}}}, **_errors(*statuses)},
+            }
+        }
+
+    # Null is what the parser takes as absent, so it is valid wherever a field is optional.
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "embedstack gateway", "version": __version__, "description": "OpenAI-compatible embeddings"},
+        "paths": {
+            "/v1/embeddings": {"post": embed_operation},
+            "/embeddings": {"post": embed_operation},
+            "/v1/models": {"get": models_operation},
+            "/models": {"get": models_operation},
+            "/health": plain("The process is alive"),
+            "/ready": plain("Models loaded and not draining", _JSON, 503),
+            "/metrics": plain("Prometheus metrics", "text/plain"),
+        },
+        "components": {
+            "schemas": {"Request": request, "Error": error},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"},
+            },
+        },
+    }
