@@ -64,6 +64,11 @@ CASES = {
         {"embedding_service_api_keys": [KEY], "embedding_service_tls_cert": CERT, "embedding_service_tls_key": PEM_KEY},
         (),
     ),
+    "memory_max_not_systemd": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_memory_max": "3 GB"},
+        ("embedding_service_memory_max", "infinity"),
+    ),
+    "memory_max_set": ({"embedding_service_api_keys": [KEY], "embedding_service_memory_max": "6G"}, ()),
     "cache_on_disk_not_a_boolean": (
         {"embedding_service_api_keys": [KEY], "embedding_service_cache_on_disk": "maybe"},
         ("embedding_service_cache_on_disk",),

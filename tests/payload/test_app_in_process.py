@@ -353,6 +353,22 @@ def test_a_client_that_hangs_up_leaves_nothing_queued_and_nothing_embedded_for_i
     assert asyncio.run(main()) == (4, 499, 1, 200, 1)  # the three inputs never reached the engine
 
 
+async def asgi_get(app, path: str) -> int:
+    status = 0
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b"", "http_version": "1.1"}
+    await app({**scope, "scheme": "http", "server": ("t", 80), "client": ("c", 1)}, receive, send)
+    return status
+
+
 def test_new_weights_give_a_new_weights_id(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights v1")
     before = weights_id(str(tmp_path))
@@ -368,3 +384,24 @@ def test_the_openapi_document_states_the_limits_requests_meet(client):
     assert request["input"]["oneOf"][1]["maxItems"] == 2048
     assert request["dimensions"]["maximum"] == 384
     assert set(doc["paths"]) >= {"/v1/embeddings", "/embeddings", "/v1/models", "/ready"}
+
+
+def test_requests_beyond_the_concurrency_limit_are_429_at_once_and_probes_still_answer(engines):
+    settings = load_settings({}, env={"EMBEDSTACK_API_KEYS": KEY, "EMBEDSTACK_MAX_CONCURRENT_REQUESTS": "2"})
+    app = create_app(settings, engine_factory=engines)
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            served = app.state.served_models
+            while not served.ready:
+                await asyncio.sleep(0.01)
+            engines.made[MODEL].hold = asyncio.Event()
+            running = [asyncio.create_task(asgi_post(app, {"model": MODEL, "input": [f"r{i}"]})) for i in range(2)]
+            await asyncio.sleep(0.05)
+            third = await asyncio.wait_for(asgi_post(app, {"model": MODEL, "input": ["one too many"]}), 5)
+            ready = await asgi_get(app, "/ready")  # the limit is for embeddings only
+            engines.made[MODEL].hold.set()
+            finished = [await r for r in running]
+            return third, ready, finished, await asgi_post(app, {"model": MODEL, "input": ["after"]})
+
+    assert asyncio.run(main()) == (429, 200, [200, 200], 200)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedstack.api.error_responses import HANDLERS
+from embedstack.api.error_responses import HANDLERS, error_response
 from embedstack.api.routes import ROUTES
 from embedstack.config import ModelSpec, Settings
 from embedstack.engines import Engine, build_engine
@@ -39,6 +39,39 @@ class CountRequests:
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+
+_LIMITED_ROUTES = frozenset(r.path for r in ROUTES if "POST" in (r.methods or ()))
+
+
+class LimitConcurrency:
+    """At most `limit` embedding requests in flight, counted before their bodies are read; one more
+    is a 429 in OpenAI's shape at once (uvicorn's limit_concurrency would answer plain text, and
+    count the probes too). /health, /ready and /metrics are never limited."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in _LIMITED_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = error_response(
+                429,
+                f"{self.in_flight} requests are in flight, the most this gateway takes at once; retry shortly",
+                "rate_limit_error",
+                "too_many_requests",
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class CloseWhenDraining:
@@ -87,4 +120,5 @@ def create_app(settings: Settings, engine_factory: Callable[[ModelSpec, Settings
     app = GatewayApp(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan, metrics=metrics)
     app.state.served_models = served
     app.add_middleware(CloseWhenDraining, served=served)
+    app.add_middleware(LimitConcurrency, limit=settings.max_concurrent_requests)
     return app

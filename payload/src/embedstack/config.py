@@ -74,6 +74,9 @@ class Settings:
     tls_key: Path | None = None
     max_inputs_per_request: int = 2048
     max_body_bytes: int = 8 * 1024 * 1024  # Roo's 60 chunks of ~1,150 characters are ~100 KB
+    # Embedding requests in flight at once (bodies being read included); beyond it 429 at once. With the body
+    # cap this bounds request memory (128 x 8 MiB = 1 GiB); Roo Code sends at most 10 per workspace.
+    max_concurrent_requests: int = 128
     truncate: bool = True
     max_batch_tokens: int = 8192
     max_wait_ms: float = 0.0  # requests that arrive while a batch runs join the next one anyway
@@ -112,6 +115,7 @@ _ENV_FIELDS = {
     "tls_key": Path,
     "max_inputs_per_request": int,
     "max_body_bytes": int,
+    "max_concurrent_requests": int,
     "truncate": bool,
     "max_batch_tokens": int,
     "max_wait_ms": float,
@@ -197,7 +201,14 @@ def _check_tls(s: Settings) -> None:
 
 
 def _check_limits(s: Settings) -> None:
-    positive = ("port", "max_inputs_per_request", "max_body_bytes", "max_batch_tokens", "max_queue_inputs")
+    positive = (
+        "port",
+        "max_inputs_per_request",
+        "max_body_bytes",
+        "max_concurrent_requests",
+        "max_batch_tokens",
+        "max_queue_inputs",
+    )
     for name in positive:
         if getattr(s, name) < 1:
             raise ConfigError(f"EMBEDSTACK_{name.upper()} must be at least 1, got {getattr(s, name)}")
