@@ -17,7 +17,9 @@ import bundle_build
 import config
 from catalog import QDRANT_PORTS
 from components import BundleStore, EmbeddingTier, IndexTier, Network, ServiceAccounts
+from components.project_services import ProjectServices
 from components.snapshots import SnapshotStore
+from images import check_family, family_image
 
 PROGRAM_DIR = Path(__file__).resolve().parent
 BOOTSTRAP_DIR = PROGRAM_DIR / "bootstrap"
@@ -50,23 +52,44 @@ def secrets_yaml(values: dict[str, pulumi.Output]) -> pulumi.Output[str]:
 
 def main() -> dict[str, object]:
     settings, secrets = config.load()
-    prefix = f"es-{config.label_value(settings.stack)}"[:24]
+    # Every logical name starts with it; Pulumi's auto-naming appends "-" and 7 characters, and
+    # resource_stem keeps it valid in GCE names and distinct per stack.
+    prefix = f"es-{config.resource_stem(settings.stack)}"
+
+    # Both boot image families must exist: looked up now, during preview, before any resource.
+    qdrant_project, qdrant_family = settings.qdrant_image.split("/", 1)
+    embedding_checked = check_family("embedstack:image_family", settings.image_project, settings.image_family)
+    qdrant_checked = check_family("embedstack:qdrant_image", qdrant_project, qdrant_family)
 
     gateway_key = secret_or_generated(secrets.gateway_api_key, f"{prefix}-gateway-key")
     qdrant_key = secret_or_generated(secrets.qdrant_api_key, f"{prefix}-qdrant-key")
     vllm_key = secret_or_generated(secrets.vllm_api_key, f"{prefix}-vllm-key")
 
-    accounts = ServiceAccounts(f"{prefix}-sa", settings)
-    network = Network(f"{prefix}-net", settings, accounts.embedding.email, accounts.index.email)
+    # The APIs first: everything else waits for them (a fresh project has them off).
+    services = ProjectServices(f"{prefix}-api", settings)
+    after_apis = pulumi.ResourceOptions(depends_on=list(services.services.values()))
+    compute_api = services.services["compute.googleapis.com"]
+    embedding_image = family_image(settings.image_project, settings.image_family, embedding_checked, compute_api)
+    qdrant_image = family_image(qdrant_project, qdrant_family, qdrant_checked, compute_api).apply(
+        lambda _: settings.qdrant_image
+    )
+
+    accounts = ServiceAccounts(f"{prefix}-sa", settings, opts=after_apis)
+    network = Network(f"{prefix}-net", settings, accounts.embedding.email, accounts.index.email, opts=after_apis)
 
     bundle = bundle_build.build_bundle(settings)
     tarball = bundle_build.write_bundle(bundle, BUNDLE_DIR)
     store = BundleStore(
-        f"{prefix}-bundle", settings, bundle, tarball, readers=[accounts.embedding.email, accounts.index.email]
+        f"{prefix}-bundle",
+        settings,
+        bundle,
+        tarball,
+        readers=[accounts.embedding.email, accounts.index.email],
+        opts=after_apis,
     )
     # Qdrant's own snapshots, uploaded by the index VM (role qdrant_snapshots) to the bucket that
     # vars.yml names; the disk snapshot schedule stays in IndexTier.
-    snapshots = SnapshotStore(f"{prefix}-qdrant-snapshots", settings, writer=accounts.index.email)
+    snapshots = SnapshotStore(f"{prefix}-qdrant-snapshots", settings, writer=accounts.index.email, opts=after_apis)
 
     # Metadata the bootstrap reads (pulumi/bootstrap/startup.sh). Secrets ride in
     # embedstack-secrets, per tier, as a Pulumi secret: encrypted in the stack state and never
@@ -95,6 +118,8 @@ def main() -> dict[str, object]:
                 {"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key}
             ),
         },
+        boot_image=embedding_image,
+        opts=after_apis,
     )
     index = IndexTier(
         f"{prefix}-index",
@@ -106,6 +131,8 @@ def main() -> dict[str, object]:
             "embedstack-tier": "index",
             "embedstack-secrets": secrets_yaml({"qdrant_api_key": qdrant_key}),
         },
+        boot_image=qdrant_image,
+        opts=after_apis,
     )
 
     # SSH: straight to a public address, else through IAP, else from inside the VPC.

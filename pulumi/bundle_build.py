@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from catalog import IAP_RANGE
-from config import Settings, label_value
+from config import Settings, resource_stem
 
 REPO = Path(__file__).resolve().parent.parent
 # 1980-01-01T00:00:00Z: the earliest time a zip entry (the wheel) can carry.
@@ -163,8 +163,7 @@ def wheel_version(wheel_name: str) -> str:
 def snapshot_bucket_name(settings: Settings) -> str:
     """The Qdrant snapshot bucket's global name, fixed by project and stack (3-63 characters of
     [a-z0-9_-], starting and ending alphanumeric), so vars.yml can name it before it exists."""
-    stack = label_value(settings.stack).strip("-_") or "default"
-    name = f"{settings.project}-{stack}-qdrant-snapshots"
+    name = f"{settings.project}-{resource_stem(settings.stack)}-qdrant-snapshots"
     if len(name) > 63:
         name = f"{settings.project}-{hashlib.sha256(settings.stack.encode()).hexdigest()[:8]}-qdrant-snapshots"
     return name

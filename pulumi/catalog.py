@@ -178,4 +178,50 @@ SSH_PORT = 22
 
 # General-purpose machine families allowed for the Qdrant VM (no GPU, standard provisioning).
 QDRANT_MACHINE_FAMILIES: tuple[str, ...] = ("e2", "n2", "n2d", "n4", "c3", "c3d", "c4", "t2d")
-DISK_TYPES: tuple[str, ...] = ("pd-balanced", "pd-ssd", "pd-standard")
+# Disk types the program offers for the Qdrant data disk.
+DISK_TYPES: tuple[str, ...] = ("pd-balanced", "pd-ssd", "pd-standard", "hyperdisk-balanced")
+# Which of those each machine series accepts, for boot and data disks alike. From Google's
+# "General-purpose machine family" page (https://cloud.google.com/compute/docs/general-purpose-machines,
+# "Supported disk types" of each series) and "About Hyperdisk"
+# (https://cloud.google.com/compute/docs/disks/hyperdisks, "Machine series support"), checked
+# November 2026: N4 and C4 take Hyperdisk only (no Persistent Disk at all); C3 and C3D take
+# Hyperdisk and pd-balanced/pd-ssd but not pd-standard; E2, N2, N2D and T2D take Persistent Disk
+# but not Hyperdisk Balanced. GCP refuses any other pair when the VM is created.
+DISK_TYPES_BY_FAMILY: dict[str, tuple[str, ...]] = {
+    "e2": ("pd-balanced", "pd-ssd", "pd-standard"),
+    "n2": ("pd-balanced", "pd-ssd", "pd-standard"),
+    "n2d": ("pd-balanced", "pd-ssd", "pd-standard"),
+    "t2d": ("pd-balanced", "pd-ssd", "pd-standard"),
+    "c3": ("pd-balanced", "pd-ssd", "hyperdisk-balanced"),
+    "c3d": ("pd-balanced", "pd-ssd", "hyperdisk-balanced"),
+    "n4": ("hyperdisk-balanced",),
+    "c4": ("hyperdisk-balanced",),
+}
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The boot disk type for a machine type: pd-balanced where the series takes it, else Hyperdisk Balanced."""
+    allowed = DISK_TYPES_BY_FAMILY.get(machine_type.split("-", 1)[0], ("pd-balanced",))
+    return "pd-balanced" if "pd-balanced" in allowed else allowed[0]
+
+
+# Deep Learning VM image family of the embedding tier. From Google's "Choose an image" page
+# (https://cloud.google.com/deep-learning-vm/docs/images, as published April 2026): "Base-cu129
+# (Python 3.12 / Ubuntu 24.04)", supported until August 4, 2028, NVIDIA driver branch 580, which
+# the pinned vLLM (CUDA 13) needs. The CUDA 12.8 families ("-nvidia-570") reached end of patch and
+# support on April 13, 2026, and no "common-cu128-ubuntu-2404" family is listed at all.
+DEFAULT_IMAGE_PROJECT = "deeplearning-platform-release"
+DEFAULT_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
+# The lowest NVIDIA driver branch the pinned vLLM's CUDA 13 runs on (CUDA 13 release notes).
+MIN_NVIDIA_DRIVER = 580
+
+# The Google APIs the program calls (FACTS.md "GCP spot VMs": a fresh project needs them):
+# Compute Engine, IAM (service accounts), Cloud Resource Manager (project IAM members), Cloud
+# Storage (bundle and snapshot buckets), and IAP for `gcloud compute ssh --tunnel-through-iap`.
+REQUIRED_APIS: tuple[str, ...] = (
+    "compute.googleapis.com",
+    "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "storage.googleapis.com",
+    "iap.googleapis.com",
+)

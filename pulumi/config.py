@@ -7,6 +7,7 @@ checked here. Every failure raises ConfigError, whose message names the key and 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -16,11 +17,21 @@ from typing import Any
 
 import pulumi
 
-from catalog import DISK_TYPES, GPUS, MODELS, QDRANT_MACHINE_FAMILIES, Gpu, Model
+from catalog import (
+    DEFAULT_IMAGE_FAMILY,
+    DEFAULT_IMAGE_PROJECT,
+    DISK_TYPES,
+    DISK_TYPES_BY_FAMILY,
+    GPUS,
+    MIN_NVIDIA_DRIVER,
+    MODELS,
+    QDRANT_MACHINE_FAMILIES,
+    Gpu,
+    Model,
+)
 
 NAMESPACE = "embedstack"
 MAX_TARGET_SIZE = 10
-DEFAULT_IMAGE_FAMILY = "common-cu128-ubuntu-2404-nvidia-570"
 
 # Every plain (non-secret) key with its default; None means required.
 DEFAULTS: dict[str, Any] = {
@@ -31,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "gpu_zones": [],  # [] → [zone]
     "target_size": 1,
     "model": "qwen3-embedding-0.6b",
-    "image_project": "deeplearning-platform-release",
+    "image_project": DEFAULT_IMAGE_PROJECT,
     "image_family": DEFAULT_IMAGE_FAMILY,
     "boot_disk_gb": 150,
     "admin_cidrs": [],
@@ -47,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "qdrant_machine_type": "e2-standard-2",
     "qdrant_disk_gb": 50,
     "qdrant_disk_type": "pd-balanced",
+    "qdrant_disk_snapshot": "",  # "" → a new, empty data disk; else the snapshot it is created from
     "qdrant_image": "debian-cloud/debian-12",
     "qdrant_deb_url": None,
     "qdrant_deb_sha256": None,
@@ -58,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
 SECRET_KEYS: tuple[str, ...] = ("gateway_api_key", "qdrant_api_key", "vllm_api_key")
 KNOWN_KEYS: frozenset[str] = frozenset(DEFAULTS) | frozenset(SECRET_KEYS)
 
+# A Compute Engine resource name (RFC 1035 label, at most 63 characters).
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE_RE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
@@ -66,6 +79,10 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _HOUR_RE = re.compile(r"^([01][0-9]|2[0-3]):00$")
 _PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 _LABEL_BAD_RE = re.compile(r"[^a-z0-9_-]")
+_DLVM_DRIVER_RE = re.compile(r"-nvidia-([0-9]+)$")
+# The longest stack stem kept as it is; "es-<stem>" then leaves room for every suffix the
+# program and Pulumi's auto-naming add (see resource_stem).
+MAX_STEM = 21
 
 
 class ConfigError(ValueError):
@@ -99,6 +116,7 @@ class Settings:
     qdrant_machine_type: str
     qdrant_disk_gb: int
     qdrant_disk_type: str
+    qdrant_disk_snapshot: str
     qdrant_image: str
     qdrant_deb_url: str
     qdrant_deb_sha256: str
@@ -118,6 +136,22 @@ class Settings:
 
 def label_value(text: str) -> str:
     return _LABEL_BAD_RE.sub("-", text.lower())[:63] or "default"
+
+
+def resource_stem(stack: str) -> str:
+    """The part of every resource name that stands for the stack: valid in a GCE name, one per stack.
+
+    Pulumi stack names may hold upper case, `_` and `.`, which GCE names may not
+    (`[a-z]([-a-z0-9]*[a-z0-9])?`, at most 63 characters). A stack name that is already a valid
+    name of at most MAX_STEM characters is used as it is (the committed `l4` and `a100`); any
+    other is cleaned and gets 6 hex of sha256(stack name), so `prod_l4`, `prod.l4` and `prod-l4`
+    give `prod-l4-<hash>`, `prod-l4-<other hash>` and `prod-l4`: valid, and never the same.
+    """
+    if len(stack) <= MAX_STEM and _NAME_RE.match(stack):
+        return stack
+    digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+    clean = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-")[: MAX_STEM - 7].strip("-")
+    return f"{clean}-{digest}" if clean else f"s-{digest}"
 
 
 def _key(name: str) -> str:
@@ -349,6 +383,30 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"{_key('qdrant_image')} {qdrant_image!r} is not allowed; allowed: <project>/<image family> "
             "such as debian-cloud/debian-12"
         )
+    qdrant_disk_type = _choice(raw, "qdrant_disk_type", DISK_TYPES)
+    fitting = DISK_TYPES_BY_FAMILY[family]
+    if qdrant_disk_type not in fitting:
+        raise ConfigError(
+            f"{_key('qdrant_disk_type')} {qdrant_disk_type!r} does not fit {_key('qdrant_machine_type')} "
+            f"{qdrant_machine_type!r}: GCP refuses that disk type on the {family.upper()} series; "
+            f"allowed with {qdrant_machine_type}: {_allowed(fitting)}"
+        )
+    qdrant_disk_snapshot = _text(raw, "qdrant_disk_snapshot")
+    if qdrant_disk_snapshot and not re.match(
+        r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
+        qdrant_disk_snapshot,
+    ):
+        raise ConfigError(
+            f"{_key('qdrant_disk_snapshot')} {qdrant_disk_snapshot!r} is not allowed; allowed: empty, a snapshot "
+            "name, or projects/<project>/global/snapshots/<name>"
+        )
+    driver = _DLVM_DRIVER_RE.search(image_family)
+    if image_project == DEFAULT_IMAGE_PROJECT and driver and int(driver.group(1)) < MIN_NVIDIA_DRIVER:
+        raise ConfigError(
+            f"{_key('image_family')} {image_family!r} carries NVIDIA driver {driver.group(1)}, below the "
+            f"{MIN_NVIDIA_DRIVER} that the pinned vLLM (CUDA 13) needs; allowed: a family with driver "
+            f"{MIN_NVIDIA_DRIVER} or newer, such as {DEFAULT_IMAGE_FAMILY}"
+        )
     qdrant_deb_url = _text(raw, "qdrant_deb_url")
     if not re.match(r"^https://[^\s]+\.deb$", qdrant_deb_url):
         raise ConfigError(
@@ -393,7 +451,8 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
         qdrant_public_ip=_bool(raw, "qdrant_public_ip"),
         qdrant_machine_type=qdrant_machine_type,
         qdrant_disk_gb=_int(raw, "qdrant_disk_gb", 10, 65536),
-        qdrant_disk_type=_choice(raw, "qdrant_disk_type", DISK_TYPES),
+        qdrant_disk_type=qdrant_disk_type,
+        qdrant_disk_snapshot=qdrant_disk_snapshot,
         qdrant_image=qdrant_image,
         qdrant_deb_url=qdrant_deb_url,
         qdrant_deb_sha256=qdrant_deb_sha256,

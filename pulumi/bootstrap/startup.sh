@@ -27,6 +27,9 @@
 #   EMBEDSTACK_BOOTSTRAP_PIP_ARGS    extra pip arguments (e.g. --index-url of a local mirror)
 #   EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV  use this existing venv with ansible; nothing is installed
 #   EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS extra ansible-playbook arguments (e.g. --list-tasks)
+#   EMBEDSTACK_BOOTSTRAP_PCI_DEVICES  PCI device directory instead of /sys/bus/pci/devices
+#   EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC most seconds to wait for the NVIDIA driver (default 900)
+#   EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC seconds between nvidia-smi tries (default 5)
 set -euo pipefail
 umask 022
 
@@ -43,6 +46,13 @@ readonly ANSIBLE_VERSION="12.3.0"
 # Device name the Pulumi program gives the index tier's data disk, and where it is mounted.
 readonly DATA_DISK="/dev/disk/by-id/google-qdrant-data"
 readonly DATA_MOUNT="/mnt/disks/qdrant-data"
+# The GPU tier: where NVIDIA GPUs show up, and how long the driver may take to appear (the Deep
+# Learning VM image installs it at first boot, started by the install-nvidia-driver metadata).
+readonly PCI_DEVICES="${EMBEDSTACK_BOOTSTRAP_PCI_DEVICES:-/sys/bus/pci/devices}"
+readonly GPU_WAIT_SEC="${EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC:-900}"
+readonly GPU_POLL_SEC="${EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC:-5}"
+# apt waits for the dpkg lock (unattended-upgrades often holds it on a first boot) instead of failing.
+readonly APT_LOCK_TIMEOUT=300
 
 readonly BUNDLE_ROOT="$ROOT/bundle"
 readonly ANSIBLE_VENV="${EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV:-$ROOT/ansible-venv}"
@@ -94,6 +104,49 @@ metadata() {
         sleep "$((attempt < 3 ? 1 : attempt < 6 ? attempt - 1 : 5))"
     done
     return 1
+}
+
+# apt_get ARGS...: apt-get, non-interactive, waiting up to APT_LOCK_TIMEOUT s for the dpkg lock.
+apt_get() {
+    DEBIAN_FRONTEND=noninteractive apt-get -o "DPkg::Lock::Timeout=$APT_LOCK_TIMEOUT" "$@"
+}
+
+# nvidia_gpu_present: 0 when the PCI bus has an NVIDIA (vendor 0x10de) display/3D controller.
+nvidia_gpu_present() {
+    local dev vendor class
+    for dev in "$PCI_DEVICES"/*; do
+        [[ -r "$dev/vendor" && -r "$dev/class" ]] || continue
+        vendor="$(<"$dev/vendor")"
+        class="$(<"$dev/class")"
+        [[ "$vendor" == 0x10de && "$class" == 0x03* ]] && return 0
+    done
+    return 1
+}
+
+# wait_for_gpu_driver: on the embedding tier with an NVIDIA GPU, wait (bounded) until nvidia-smi
+# works, so vLLM never starts before the driver. Without a GPU (containers, tests) it returns.
+wait_for_gpu_driver() {
+    [[ "$TIER" == embedding ]] || return 0
+    if ! nvidia_gpu_present; then
+        log "no NVIDIA GPU on the PCI bus ($PCI_DEVICES): not waiting for a driver"
+        return 0
+    fi
+    local started=$SECONDS waited=0 last="nvidia-smi not found"
+    while :; do
+        if command -v nvidia-smi >/dev/null 2>&1; then
+            if last="$(nvidia-smi -L 2>&1)"; then
+                log "NVIDIA driver ready after ${waited} s: $(printf '%s' "$last" | head -n 1)"
+                return 0
+            fi
+        fi
+        waited=$((SECONDS - started))
+        ((waited < GPU_WAIT_SEC)) ||
+            die "no working NVIDIA driver after ${GPU_WAIT_SEC} s (nvidia-smi: $(printf '%s' "$last" | head -n 1)); vLLM cannot start"
+        if ((waited % 30 < GPU_POLL_SEC)); then
+            log "waiting for the NVIDIA driver (nvidia-smi) before vLLM starts: ${waited} s of at most ${GPU_WAIT_SEC} s"
+        fi
+        sleep "$GPU_POLL_SEC"
+    done
 }
 
 # attribute KEY: print a (non-secret) instance attribute.
@@ -246,8 +299,8 @@ install_ansible() {
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     if ((${#pkgs[@]})); then
         log "installing ${pkgs[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"
+        apt_get update -q
+        apt_get install -y -q "${pkgs[@]}"
     fi
     # ansible-core 2.19 needs Python 3.11 on the controller, which here is the VM itself.
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
@@ -315,8 +368,8 @@ run_playbook() {
 main() {
     [[ "$(id -u)" == 0 || -n "${EMBEDSTACK_BOOTSTRAP_ROOT:-}" ]] || die "run as root"
     command -v curl >/dev/null 2>&1 || {
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl ca-certificates
+        apt_get update -q
+        apt_get install -y -q curl ca-certificates
     }
     local started=$SECONDS
     log "starting (metadata $METADATA_URL, storage $STORAGE_URL, root $ROOT)"
@@ -333,6 +386,7 @@ main() {
         log "stopping after install (EMBEDSTACK_BOOTSTRAP_STOP_AFTER=install)"
         return 0
     fi
+    wait_for_gpu_driver
     write_inventory
     run_playbook
     log "done in $((SECONDS - started)) s"

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from bundle_build import Bundle
+from components.options import child_options
 from config import Settings
 
 
@@ -27,7 +28,7 @@ class BundleStore(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("embedstack:gcp:BundleStore", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         s = settings
         # Private by construction: IAM only (no ACLs), public access prevented. No versioning:
         # objects are content-addressed, so an old bundle is never overwritten, only deleted

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from catalog import GATEWAY_PORT
+from components.options import child_options
 from config import Settings
 
 
@@ -32,10 +33,11 @@ class EmbeddingTier(pulumi.ComponentResource):
         subnetwork: pulumi.Input[str],
         service_account: pulumi.Input[str],
         metadata: Mapping[str, pulumi.Input[str]],
+        boot_image: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("embedstack:gcp:EmbeddingTier", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         s = settings
 
         self.template = gcp.compute.InstanceTemplate(
@@ -57,7 +59,8 @@ class EmbeddingTier(pulumi.ComponentResource):
                 gcp.compute.InstanceTemplateDiskArgs(
                     boot=True,
                     auto_delete=True,
-                    source_image=f"projects/{s.image_project}/global/images/family/{s.image_family}",
+                    # The family, checked to exist during preview (images.check_family).
+                    source_image=boot_image,
                     disk_size_gb=s.boot_disk_gb,
                     disk_type="pd-balanced",
                     labels=s.labels,

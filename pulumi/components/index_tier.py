@@ -3,6 +3,13 @@ that is snapshotted on a schedule, and a reserved internal address (optionally a
 
 Preemption never touches it, so the embedding tier can scale and churn freely. The disk outlives
 the VM (it is its own resource); its snapshots outlive the disk (KEEP_AUTO_SNAPSHOTS).
+
+Changing the VM's image, zone or machine series replaces it. The provider would create the new VM
+before deleting the old one, which cannot work here: the data disk is attached READ_WRITE to the
+old VM and the reserved internal address is in use by it. So the VM is deleted first
+(delete_before_replace). The data disk is `protect`ed: a change that would replace it (zone, type,
+or its source snapshot; all ForceNew in the provider) stops `pulumi preview`/`up` instead of
+deleting the index. pulumi/README.md ("Moving the index") describes the move through a snapshot.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import pulumi
 import pulumi_gcp as gcp
 
 from bundle_build import QDRANT_DATA_DEVICE
-from catalog import QDRANT_PORTS
+from catalog import QDRANT_PORTS, boot_disk_type
+from components.options import child_options
 from config import Settings
 
 
@@ -33,10 +41,11 @@ class IndexTier(pulumi.ComponentResource):
         subnetwork: pulumi.Input[str],
         service_account: pulumi.Input[str],
         metadata: Mapping[str, pulumi.Input[str]],
+        boot_image: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("embedstack:gcp:IndexTier", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         s = settings
 
         self.internal_address = gcp.compute.Address(
@@ -68,9 +77,11 @@ class IndexTier(pulumi.ComponentResource):
             zone=s.zone,
             size=s.qdrant_disk_gb,
             type=s.qdrant_disk_type,
+            # Set only for a move (README "Moving the index"): the new disk starts from this snapshot.
+            snapshot=s.qdrant_disk_snapshot or None,
             labels={**s.labels, "tier": "index"},
             project=s.project,
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=True)),
         )
         hour = s.snapshot_start_time
         self.snapshot_policy = gcp.compute.ResourcePolicy(
@@ -123,7 +134,7 @@ class IndexTier(pulumi.ComponentResource):
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=s.qdrant_image, size=20, type="pd-balanced", labels=s.labels
+                    image=boot_image, size=20, type=boot_disk_type(s.qdrant_machine_type), labels=s.labels
                 ),
             ),
             attached_disks=[
@@ -145,7 +156,8 @@ class IndexTier(pulumi.ComponentResource):
             allow_stopping_for_update=True,
             labels={**s.labels, "tier": "index"},
             project=s.project,
-            opts=child,
+            # The old VM holds the disk and the address: it must go before the new one comes.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         self.endpoint = pulumi.Output.concat("http://", self.internal_address.address, f":{QDRANT_PORTS[0]}")
         self.public_endpoint = (

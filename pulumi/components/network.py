@@ -16,6 +16,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from catalog import GATEWAY_PORT, HEALTH_CHECK_RANGES, IAP_RANGE, QDRANT_PORTS, SSH_PORT
+from components.options import child_options
 from config import Settings
 
 
@@ -33,7 +34,7 @@ class Network(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("embedstack:gcp:Network", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         s = settings
 
         if s.create_network:

@@ -7,12 +7,11 @@ firewall rules target a tier by identity (a network tag can be set by anyone who
 
 from __future__ import annotations
 
-import hashlib
-
 import pulumi
 import pulumi_gcp as gcp
 
-from config import Settings
+from components.options import child_options
+from config import Settings, resource_stem
 
 # Project roles the VMs need: the guest agent and Ops Agent write logs and metrics.
 PROJECT_ROLES: tuple[str, ...] = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
@@ -23,13 +22,11 @@ DESCRIPTIONS: dict[str, str] = {
 
 
 def account_id(stack: str, tier: str) -> str:
-    """A valid account id (6-30 chars, [a-z][-a-z0-9]*[a-z0-9]) naming stack and tier."""
-    base = "".join(c if c.isalnum() else "-" for c in f"es-{stack}".lower()).strip("-")
-    candidate = f"{base}-{tier}"
-    if len(candidate) > 30 or not candidate[0].isalpha():
-        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
-        candidate = f"es-{digest}-{tier}"
-    return candidate
+    """A valid account id (6-30 chars, [a-z][-a-z0-9]*[a-z0-9]) naming stack and tier, one per stack.
+
+    `es-<resource stem>-<tier>` is at most 3 + 21 + 6 = 30 characters (config.resource_stem).
+    """
+    return f"es-{resource_stem(stack)}-{tier}"
 
 
 class ServiceAccounts(pulumi.ComponentResource):
@@ -38,7 +35,7 @@ class ServiceAccounts(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("embedstack:gcp:ServiceAccounts", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         accounts: dict[str, gcp.serviceaccount.Account] = {}
         for tier, purpose in (("embed", "spot GPU embedding tier (vLLM + gateway)"), ("index", "Qdrant index tier")):
             account = gcp.serviceaccount.Account(

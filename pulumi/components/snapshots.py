@@ -14,6 +14,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from bundle_build import snapshot_bucket_name
+from components.options import child_options
 from config import Settings
 
 
@@ -29,7 +30,7 @@ class SnapshotStore(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("embedstack:gcp:SnapshotStore", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         s = settings
         # Private by construction: IAM only (no ACLs), public access prevented. Not force_destroy:
         # `pulumi destroy` stops at a bucket that still holds backups instead of deleting them.

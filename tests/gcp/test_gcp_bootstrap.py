@@ -293,3 +293,103 @@ def test_shutdown_script_is_a_no_op_without_the_preemption_role(tmp_path):
     result = run_shutdown(tmp_path, tmp_path / "absent")
     assert result.returncode == 0
     assert "nothing to drain" in result.stdout
+
+
+# -- first-boot robustness (issue 10, item 12) -----------------------------------------------------
+
+
+def fake_pci(tmp_path: Path, vendor: str = "0x10de", cls: str = "0x030200") -> Path:
+    """A /sys/bus/pci/devices stand-in: one device with the vendor and class files the kernel shows
+    (Linux `Documentation/ABI/testing/sysfs-bus-pci`: vendor and class are hex, 0x-prefixed; an
+    NVIDIA L4/A100 is vendor 0x10de, class 0x0302xx "3D controller")."""
+    device = tmp_path / "pci" / "0000:00:04.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text(vendor + "\n")
+    (device / "class").write_text(cls + "\n")
+    return tmp_path / "pci"
+
+
+def fake_nvidia_smi(tmp_path: Path, failures: int) -> tuple[Path, Path]:
+    """nvidia-smi that fails like a missing driver `failures` times, then lists one L4; counts calls."""
+    bindir, calls = tmp_path / "fakebin", tmp_path / "nvidia-smi.calls"
+    bindir.mkdir(exist_ok=True)
+    script = bindir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"echo x >> {calls}\n"
+        f'if [ "$(wc -l < {calls})" -le {failures} ]; then\n'
+        '  echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."; exit 9\n'
+        "fi\n"
+        "echo 'GPU 0: NVIDIA L4 (UUID: GPU-00000000-1111-2222-3333-444444444444)'\n"
+    )
+    script.chmod(0o755)
+    return bindir, calls
+
+
+def run_gpu_boot(deployment, tmp_path: Path, pci: Path, bindir: Path, **extra: str) -> subprocess.CompletedProcess:
+    metadata, gcs = deployment
+    return run_startup(
+        metadata,
+        gcs,
+        tmp_path,
+        stop_after="",
+        PATH=f"{bindir}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+        EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV=str(VENV_BIN.parent),
+        EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS="--list-hosts",
+        EMBEDSTACK_BOOTSTRAP_PCI_DEVICES=str(pci),
+        EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC="1",
+        **extra,
+    )
+
+
+@pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
+def test_the_gpu_tier_waits_for_the_driver_and_says_so_on_the_console(deployment, tmp_path):
+    bindir, calls = fake_nvidia_smi(tmp_path, failures=2)
+    result = run_gpu_boot(deployment, tmp_path, fake_pci(tmp_path), bindir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = (tmp_path / "console").read_text()
+    assert "waiting for the NVIDIA driver (nvidia-smi) before vLLM starts" in console
+    assert "NVIDIA driver ready" in console and "NVIDIA L4" in console
+    assert len(calls.read_text().splitlines()) == 3
+    # The roles (which start vLLM) run only after the driver answered.
+    assert result.stdout.index("NVIDIA driver ready") < result.stdout.index("running the embedding plays")
+
+
+@pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
+def test_the_wait_for_the_driver_is_bounded_and_names_the_error(deployment, tmp_path):
+    bindir, _ = fake_nvidia_smi(tmp_path, failures=1000)
+    result = run_gpu_boot(deployment, tmp_path, fake_pci(tmp_path), bindir, EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC="2")
+    assert result.returncode != 0
+    console = (tmp_path / "console").read_text()
+    assert "no working NVIDIA driver after 2 s" in console and "couldn't communicate with the NVIDIA driver" in console
+    assert "running the embedding plays" not in result.stdout
+
+
+@pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
+@pytest.mark.parametrize(("tier", "vendor"), [("embedding", "0x1af4"), ("index", "0x10de")])
+def test_no_wait_without_an_nvidia_gpu_or_on_the_index_tier(deployment, tmp_path, tier, vendor):
+    deployment[0].set_attribute("embedstack-tier", tier)
+    bindir, calls = fake_nvidia_smi(tmp_path, failures=1000)
+    result = run_gpu_boot(
+        deployment, tmp_path, fake_pci(tmp_path, vendor=vendor), bindir, EMBEDSTACK_BOOTSTRAP_NO_DATA_DISK="1"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not calls.exists()
+    assert ("not waiting for a driver" in result.stdout) == (tier == "embedding")
+
+
+def test_apt_waits_for_the_dpkg_lock(deployment, tmp_path):
+    """Every apt-get call carries DPkg::Lock::Timeout (apt.conf(5): how long apt waits for the dpkg
+    lock instead of failing at once, as it would while a first boot's unattended-upgrades runs)."""
+    metadata, gcs = deployment
+    bindir, record = tmp_path / "fakebin", tmp_path / "apt-get.args"
+    bindir.mkdir()
+    # python3 without venv support: the bootstrap installs python3-venv with apt-get.
+    (bindir / "python3").write_text("#!/bin/sh\nexit 1\n")
+    (bindir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {record}\nexit 100\n')
+    for name in ("python3", "apt-get"):
+        (bindir / name).chmod(0o755)
+    result = run_startup(metadata, gcs, tmp_path, stop_after="", PATH=f"{bindir}:/usr/local/bin:/usr/bin:/bin")
+    assert result.returncode != 0
+    calls = record.read_text().splitlines()
+    assert calls and all(call.startswith("-o DPkg::Lock::Timeout=300 ") for call in calls), calls
