@@ -25,12 +25,12 @@ endif
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
 
-.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock serve test test-fast lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean
+.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock serve test test-fast lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean bench-quality
 
 setup: $(STAMP)
 
 # Re-installs only when a pin or the package metadata changed; the package itself is editable.
-$(STAMP): payload/requirements.txt tools/bench/requirements.txt tests/requirements.txt payload/pyproject.toml pulumi/requirements.txt
+$(STAMP): payload/requirements.txt payload/requirements-index.txt tools/bench/requirements.txt tests/requirements.txt payload/pyproject.toml pulumi/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r pulumi/requirements.txt
@@ -135,6 +135,11 @@ bench: setup vllm-venv
 	$(BIN)/python tools/bench/upstream_bench.py --vllm-python $(VLLM_VENV)/bin/python
 	$(BIN)/python tools/bench/roo_load.py
 	$(BIN)/python tools/bench/cache_bench.py
+	$(BIN)/python tools/bench/big_body_bench.py
+
+# Retrieval quality of `embedstack search` on a code-search set from the standard library (README "Search").
+bench-quality: setup
+	$(BIN)/python tools/bench/quality_bench.py
 
 # The gateway wheel plus every pinned dependency, so hosts install without an index. --no-deps: the pins
 # are the whole closure, as hosts install them (without the sentence-transformers the model package names).

@@ -16,6 +16,7 @@ STAGE_OF_FOLDER = {
     "pulumi": "fast",
     "payload": "payload",
     "vllm": "payload",
+    "index": "payload",
     "ansible": "ansible",
     "gcp": "ansible",
     "e2e": "molecule",

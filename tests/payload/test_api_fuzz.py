@@ -46,7 +46,7 @@ def test_no_generated_request_gets_a_5xx_or_an_undocumented_answer(gateway, tmp_
         "--checks", CHECKS, "--max-examples", "100", "--seed", "20261130", "--workers", "1",
         "--report", "junit", "--report-dir", str(tmp_path),
     ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path)
     summary = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     print(f"schemathesis: {summary.group(0) if summary else 'no summary'}")
     assert run.returncode == 0, run.stdout[-6000:]

@@ -8,6 +8,7 @@ import sys
 from embedstack import __version__
 from embedstack.config import load_settings
 from embedstack.errors import ConfigError
+from embedstack.indexing.commands import add_index_parser, add_search_parser
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--drain-now", action="store_true", help="drain at once without watching (shutdown-script)")
     watch.add_argument("--reason", default="requested", help="reason logged with --drain-now")
     watch.set_defaults(func=_preempt_watch)
+
+    add_index_parser(sub)
+    add_search_parser(sub)
     return parser
 
 
