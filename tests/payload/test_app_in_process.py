@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -325,16 +326,20 @@ async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None) -> in
     return status
 
 
-def test_a_client_that_hangs_up_leaves_nothing_queued_and_nothing_embedded_for_it(engines):
-    settings = load_settings({}, env={"EMBEDSTACK_API_KEYS": KEY})
-    app = create_app(settings, engine_factory=engines)
+@contextlib.asynccontextmanager
+async def running_app(engines: FakeEngines, **env: str):
+    """The app with its models loaded, driven straight through ASGI (asgi_post, asgi_get)."""
+    app = create_app(load_settings({}, env={"EMBEDSTACK_API_KEYS": KEY, **env}), engine_factory=engines)
+    async with app.router.lifespan_context(app):
+        while not app.state.served_models.ready:
+            await asyncio.sleep(0.01)
+        yield app
 
+
+def test_a_client_that_hangs_up_leaves_nothing_queued_and_nothing_embedded_for_it(engines):
     async def main():
-        async with app.router.lifespan_context(app):
-            served = app.state.served_models
-            while not served.ready:
-                await asyncio.sleep(0.01)
-            engine, batcher = engines.made[MODEL], served.batchers[MODEL]
+        async with running_app(engines) as app:
+            engine, batcher = engines.made[MODEL], app.state.served_models.batchers[MODEL]
             engine.hold = asyncio.Event()
             busy = asyncio.create_task(asgi_post(app, {"model": MODEL, "input": ["runs first"]}))
             await asyncio.sleep(0.05)
@@ -387,14 +392,8 @@ def test_the_openapi_document_states_the_limits_requests_meet(client):
 
 
 def test_requests_beyond_the_concurrency_limit_are_429_at_once_and_probes_still_answer(engines):
-    settings = load_settings({}, env={"EMBEDSTACK_API_KEYS": KEY, "EMBEDSTACK_MAX_CONCURRENT_REQUESTS": "2"})
-    app = create_app(settings, engine_factory=engines)
-
     async def main():
-        async with app.router.lifespan_context(app):
-            served = app.state.served_models
-            while not served.ready:
-                await asyncio.sleep(0.01)
+        async with running_app(engines, EMBEDSTACK_MAX_CONCURRENT_REQUESTS="2") as app:
             engines.made[MODEL].hold = asyncio.Event()
             running = [asyncio.create_task(asgi_post(app, {"model": MODEL, "input": [f"r{i}"]})) for i in range(2)]
             await asyncio.sleep(0.05)
