@@ -23,7 +23,7 @@ else ifneq ($(ENGINE),local)
 $(error ENGINE must be local or vllm, got '$(ENGINE)')
 endif
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
-HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml
+HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml systemd
 
 .PHONY: setup vllm-venv vllm-wheelhouse vllm-lock serve test test-fast lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean bench-quality
 
