@@ -8,6 +8,7 @@ torch's compiler then trips over in the payload tests that share this pytest pro
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,57 @@ def test_containers_belong_to_the_first_node_unless_they_name_another():
         AnsibleFilterError, match="pve_containers_node_host of c is 'pve9', not a host of the pve group"
     ):
         call("pve_containers_on", ["c"], hostvars, "pve1", ["pve1", "pve2"])
+
+
+# Every privilege the provisioning play needs from a least-privilege token: pve-container src/PVE/LXC.pm
+# (check_ct_modify_config_perm, check_bridge_access → SDN.Use on /sdn/zones/localnetwork/<bridge>) and the
+# audit privileges of the GET calls (configs, status, /cluster/resources, storage content, nodes).
+TOKEN_PRIVILEGES = [
+    *("VM.Allocate", "VM.Audit", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Disk", "VM.Config.Network"),
+    *("VM.Config.Options", "VM.PowerMgmt", "Datastore.AllocateSpace", "Datastore.AllocateTemplate"),
+    *("Datastore.Audit", "Sys.Audit", "SDN.Use"),
+]
+
+
+@pytest.mark.parametrize(
+    "guide", ["README.md", "roles/pve_containers/README.md", "inventories/proxmox/group_vars/pve.yml"]
+)
+def test_the_token_guide_lists_every_privilege_the_play_needs(guide):
+    text = (Path(__file__).parents[2] / guide).read_text()
+    missing = [p for p in TOKEN_PRIVILEGES if not re.search(rf"(?<![\w.]){re.escape(p)}(?![\w.])", text)]
+    assert not missing, f"{guide} does not list {missing}"
+    assert "/sdn/zones/localnetwork/" in text
+
+
+CURRENT_NET0 = "name=eth0,bridge=vmbr0,firewall=1,gw=192.168.1.1,hwaddr=BC:24:11:3E:5A:71,ip=192.168.1.45/24,type=veth"
+
+
+@pytest.mark.parametrize(
+    ("wanted", "current", "sent"),
+    [
+        # a new container: the spec, PVE draws the MAC
+        (
+            "name=eth0,bridge=vmbr0,ip=192.168.1.45/24,gw=192.168.1.1",
+            "",
+            "name=eth0,bridge=vmbr0,ip=192.168.1.45/24,gw=192.168.1.1",
+        ),
+        # unchanged network (PVE's key order, its type and our firewall flag aside): nothing is sent
+        ("name=eth0,bridge=vmbr0,ip=192.168.1.45/24,gw=192.168.1.1", CURRENT_NET0, None),
+        # a new address: sent with the MAC and the keys the play does not manage
+        (
+            "name=eth0,bridge=vmbr0,ip=192.168.1.46/24,gw=192.168.1.1",
+            CURRENT_NET0,
+            "name=eth0,bridge=vmbr0,firewall=1,gw=192.168.1.1,hwaddr=BC:24:11:3E:5A:71,ip=192.168.1.46/24,type=veth",
+        ),
+        # the gateway removed
+        (
+            "name=eth0,bridge=vmbr0,ip=192.168.1.45/24",
+            CURRENT_NET0,
+            "name=eth0,bridge=vmbr0,firewall=1,hwaddr=BC:24:11:3E:5A:71,ip=192.168.1.45/24,type=veth",
+        ),
+    ],
+)
+def test_net0_is_sent_only_when_the_network_changes_and_keeps_the_mac(wanted, current, sent):
+    """community.proxmox 1.4.0 resends net0 with any update; without hwaddr PVE draws a new MAC and replugs the
+    veth of a running container (pve-container LXC/Config.pm parse_lxc_network, LXC.pm update_net)."""
+    assert call("pve_containers_net0", wanted, current) == sent

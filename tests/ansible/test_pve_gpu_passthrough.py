@@ -3,7 +3,9 @@
 Runs the real role with ansible-playbook (local connection) against scratch copies of files from a PVE 8 host:
 `fixtures/pve/proc-devices` (NVIDIA 550 driver loaded: nvidia 195, nvidia-uvm 508) and `fixtures/pve/105.conf`
 (a description, an unrelated `dev0: /dev/dri/renderD128,gid=104`, a raw `lxc.` line and a `[before-gpu]` snapshot).
-`pct status` / `pct reboot` are replaced by `echo` / `touch` so a restart leaves a marker file.
+`pct status` / `pct reboot` are replaced by `echo` / `touch` so a restart leaves a marker file. The host's driver
+version is `fixtures/nvidia/version-580` unless a test says otherwise, and its device nodes are plain files under a
+scratch root, mode 0666 as nvidia-modprobe makes them (NVIDIA/nvidia-modprobe `modprobe-utils/nvidia-modprobe-utils.c`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from ansible_play import ansible_available, describe, run_play
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pve"
+DRIVERS = Path(__file__).parent / "fixtures" / "nvidia"
 LIBRARY = Path(__file__).parents[2] / "roles/pve_gpu_passthrough/library/pve_lxc_gpu_config.py"
 VMID = 105
 ORIGINAL = (FIXTURES / f"{VMID}.conf").read_text()
@@ -42,6 +45,13 @@ class Host:
         shutil.copy(FIXTURES / "proc-devices", self.proc_devices)
         self.marker = root / f"restarted-{VMID}"
         self.runs = 0
+        self.dev_root = root / "host-dev"
+        for device in DEVICES:
+            node = self.dev_root / device.lstrip("/")
+            node.parent.mkdir(parents=True, exist_ok=True)
+            node.touch()
+            node.chmod(0o666)
+        self.unit = root / "host/etc/systemd/system/embedstack-nvidia-uvm.service"
 
     def apply(self, state: str = "running", **role_vars: object) -> tuple[dict, dict | None]:
         """Run the role once; returns (stats of localhost, failed task result or None)."""
@@ -56,6 +66,8 @@ class Host:
             "pve_gpu_passthrough_uvm_boot_root": str(self.root / "host"),
             "pve_gpu_passthrough_status_command": f"echo status: {state}",
             "pve_gpu_passthrough_restart_command": f"touch {self.marker}",
+            "pve_gpu_passthrough_nvidia_version_file": str(DRIVERS / "version-580"),
+            "pve_gpu_passthrough_host_dev_root": str(self.dev_root),
             **role_vars,
         }
         play = {"name": "GPU passthrough", "hosts": "localhost", "gather_facts": False, "vars": variables}
@@ -101,16 +113,15 @@ def test_dev_syntax_adds_entries_once_and_restarts_a_running_container_once(host
     lines = host.main_section()
     assert lines[4:9] == [
         "dev0: /dev/dri/renderD128,gid=104",
-        "dev1: /dev/nvidia0,mode=0666",
-        "dev2: /dev/nvidiactl,mode=0666",
-        "dev3: /dev/nvidia-uvm,mode=0666",
-        "dev4: /dev/nvidia-uvm-tools,mode=0666",
+        "dev1: /dev/nvidia0,gid=44,mode=0666",
+        "dev2: /dev/nvidiactl,gid=44,mode=0666",
+        "dev3: /dev/nvidia-uvm,gid=44,mode=0666",
+        "dev4: /dev/nvidia-uvm-tools,gid=44,mode=0666",
     ], lines
     assert unrelated(lines) == MAIN.splitlines(), "a line the role does not own changed"
     assert host.marker.exists(), "the running container was not restarted after its config changed"
 
-    unit = host.root / "host/etc/systemd/system/embedstack-nvidia-uvm.service"
-    assert "ExecStart=/usr/bin/nvidia-modprobe -c 0 -u" in unit.read_text()
+    unit = host.unit
     link = unit.parent / "multi-user.target.wants" / unit.name
     assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/embedstack-nvidia-uvm.service"
 
@@ -136,7 +147,7 @@ def test_switching_syntax_removes_the_other_syntax_lines(host: Host) -> None:
     assert failed is None and stats["changed"] > 0, stats
     lines = host.main_section()
     assert not set(CLASSIC) & set(lines), "classic lines were left behind"
-    assert sum("nvidia" in line for line in lines) == 4 and "dev4: /dev/nvidia-uvm-tools" in lines
+    assert sum("nvidia" in line for line in lines) == 4 and "dev4: /dev/nvidia-uvm-tools,gid=44" in lines
 
     assert host.apply(pve_gpu_passthrough_syntax="classic")[1] is None
     lines = host.main_section()
@@ -188,3 +199,85 @@ def test_existing_entries_are_reused_not_duplicated() -> None:
     ]
     classic = _editor().edit_classic(["lxc.cgroup2.devices.allow = c 195:* rwm", "dev1: /dev/nvidia0", ""])
     assert classic == ["lxc.cgroup2.devices.allow = c 195:* rwm", *CLASSIC[1:], ""]
+
+
+def test_by_default_the_nodes_belong_to_the_group_vllm_joins(host: Host) -> None:
+    """PVE makes a devN node root:root 0660 unless gid=/mode= are given (pve-container src/PVE/LXC.pm,
+    create_passthrough_device_node), which only root can open: the default gives it gid 44 (video), the group
+    vllm.service joins (SupplementaryGroups=video), and keeps PVE's 0660."""
+    _, failed = host.apply()
+    assert failed is None, failed
+    nvidia = [line for line in host.main_section() if "nvidia" in line]
+    assert nvidia == [f"dev{i}: {d},gid=44" for i, d in enumerate(DEVICES, start=1)], nvidia
+    host.marker.unlink()
+    host.assert_reapplying_changes_nothing()
+
+
+def test_the_boot_unit_creates_every_node_the_config_names(host: Host) -> None:
+    """nvidia-modprobe -u loads nvidia-uvm *instead of* nvidia and makes only the uvm nodes (NVIDIA/nvidia-modprobe
+    option-table.h, nvidia-modprobe.c): the GPU nodes and nvidiactl (minor 255) need a call of their own."""
+    devices = [*DEVICES, "/dev/nvidia1", "/dev/nvidia-modeset"]
+    for device in devices[4:]:
+        (host.dev_root / device.lstrip("/")).touch(mode=0o666)
+    assert host.apply(pve_gpu_passthrough_devices=devices)[1] is None
+    exec_start = [line for line in host.unit.read_text().splitlines() if line.startswith("ExecStart=")]
+    assert exec_start == [
+        "ExecStart=/usr/bin/nvidia-modprobe -c 0 -c 255 -c 1",
+        "ExecStart=/usr/bin/nvidia-modprobe -u -c 0",
+        "ExecStart=/usr/bin/nvidia-modprobe -m",
+    ], exec_start
+
+
+def test_a_device_nvidia_modprobe_cannot_create_is_refused_before_anything_changes(host: Host) -> None:
+    stats, failed = host.apply(pve_gpu_passthrough_devices=[*DEVICES, "/dev/nvidia-caps/nvidia-cap1"])
+    assert failed is not None, stats
+    assert "/dev/nvidia-caps/nvidia-cap1" in failed["msg"] and "pve_gpu_passthrough_devices" in failed["msg"]
+    assert host.conf.read_text() == ORIGINAL and not host.unit.exists()
+
+
+@pytest.mark.parametrize(
+    ("version_file", "named"),
+    [("version-570", ("570.133.20", "580")), ("missing", ("No NVIDIA driver", "580"))],
+)
+def test_a_driver_below_the_floor_fails_before_anything_changes(host: Host, version_file: str, named: tuple) -> None:
+    stats, failed = host.apply(pve_gpu_passthrough_nvidia_version_file=str(DRIVERS / version_file))
+    assert failed is not None and stats["failures"] == 1, stats
+    for needle in (*named, "pve_gpu_passthrough_min_driver_version", "Nothing was changed"):
+        assert needle in failed["msg"], failed["msg"]
+    assert host.conf.read_text() == ORIGINAL and not host.unit.exists() and not host.marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("role_vars", "named"),
+    [
+        ({"pve_gpu_passthrough_dev_mode": "666"}, ("pve_gpu_passthrough_dev_mode", "0[0-7]{3}", '"666"')),
+        ({"pve_gpu_passthrough_dev_mode": "00660"}, ("pve_gpu_passthrough_dev_mode", "0[0-7]{3}")),
+        ({"pve_gpu_passthrough_dev_gid": "video"}, ("pve_gpu_passthrough_dev_gid", '"video"')),
+        # both valid for PVE, but only root could open the node
+        ({"pve_gpu_passthrough_dev_gid": "", "pve_gpu_passthrough_dev_mode": ""}, ("readable by root only",)),
+        ({"pve_gpu_passthrough_dev_mode": "0600"}, ("readable by root only", "0666")),
+    ],
+)
+def test_bad_device_options_are_refused_naming_the_variable(host: Host, role_vars: dict, named: tuple) -> None:
+    stats, failed = host.apply(**role_vars)
+    assert failed is not None, stats
+    for needle in named:
+        assert needle in failed["msg"], failed["msg"]
+    assert host.conf.read_text() == ORIGINAL and not host.unit.exists()
+
+
+def test_the_module_validates_mode_as_pve_does() -> None:
+    """PVE's devN schema (pve-container src/PVE/LXC/Config.pm) has mode pattern 0[0-7]{3}."""
+    source = LIBRARY.read_text()
+    assert '("mode", r"(0[0-7]{3})?")' in source
+
+
+def test_classic_syntax_refuses_host_nodes_others_cannot_open(host: Host) -> None:
+    """The classic lines bind-mount the host's node as it is; in an unprivileged container its root:root owner
+    shows as nobody:nogroup, so vllm opens it only through the others bits."""
+    (host.dev_root / "dev/nvidiactl").chmod(0o660)
+    stats, failed = host.apply(pve_gpu_passthrough_syntax="classic")
+    assert failed is not None, stats
+    assert "/dev/nvidiactl (not writable by others)" in failed["msg"], failed["msg"]
+    assert "/dev/nvidia0" not in failed["msg"].split("cannot be read")[0].replace("/dev/nvidiactl", "")
+    assert host.conf.read_text() == ORIGINAL

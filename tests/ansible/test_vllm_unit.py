@@ -10,6 +10,7 @@ refuse bad values with a message naming the variable.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,15 @@ def test_unit_is_hardened_but_keeps_the_gpu_devices(rendered: dict) -> None:
     assert "HF_HUB_OFFLINE=1" in offline and "CUDA_VISIBLE_DEVICES=0" in offline
 
 
+def test_the_service_joins_the_group_that_owns_the_gpu_nodes(rendered: dict) -> None:
+    """pve_gpu_passthrough makes the devN nodes root:44 (video) 0660 in the container (PVE's default is root:root
+    0660, pve-container src/PVE/LXC.pm create_passthrough_device_node): vllm.service must hold gid 44 to open them."""
+    defaults = yaml.safe_load((ROLES / "pve_gpu_passthrough" / "defaults" / "main.yml").read_text())
+    assert defaults["pve_gpu_passthrough_dev_gid"] == "44" and not defaults["pve_gpu_passthrough_dev_mode"]
+    for name in VAR_SETS:
+        assert unit_settings(rendered[name]["service"])["SupplementaryGroups"] == ["video"], name
+
+
 def test_the_cpu_build_gets_its_environment(rendered: dict) -> None:
     environment = unit_settings(rendered["cpu_build"]["service"])["Environment"]
     assert "VLLM_TARGET_DEVICE=cpu" in environment
@@ -302,3 +312,21 @@ def test_argument_spec_lists_the_allowed_dtypes() -> None:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     assert spec["vllm_dtype"]["choices"] == ["auto", "half", "float16", "bfloat16", "float", "float32"]
     assert set(spec) == set(defaults), "argument_specs.yml must mirror defaults/main.yml"
+
+
+NATIVE_DIMENSIONS = {"0.6b": 1024, "4b": 2560, "8b": 4096}  # Qwen3-Embedding model cards
+
+
+@pytest.mark.parametrize(
+    "readme", ["README.md", *sorted(str(p.relative_to(ROLES.parent)) for p in ROLES.glob("*/README.md"))]
+)
+def test_readme_examples_give_qwen3_models_their_native_dimension(readme: str) -> None:
+    """The gateway refuses an upstream whose dimension differs from its registry: an example that serves
+    Qwen3-Embedding-8B must declare 4096 (or, for a 1024-dim deployment, serve 0.6B)."""
+    text = (ROLES.parent / readme).read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    for block in (entry for b in blocks for entry in re.split(r"(?m)^\s*- id:", b)):  # one registry entry each
+        sizes = {size.lower() for size in re.findall(r"qwen3-embedding-(0\.6b|4b|8b)", block, flags=re.I)}
+        dimensions = {int(d) for d in re.findall(r"^\s*dimension:\s*(\d+)", block, flags=re.M)}
+        if sizes and dimensions:
+            assert len(sizes) == 1 and dimensions == {NATIVE_DIMENSIONS[sizes.pop()]}, (readme, block)

@@ -8,7 +8,9 @@ the server tears its node down on SIGTERM, and `python -m standins.pve cleanup` 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from standin_node import (
     FOREIGN_CT,
     FOREIGN_VM,
     STANDIN,
+    STANDIN_GPU_NODES,
     TEMPLATE,
     TESTS,
     TOKEN_ID,
@@ -35,6 +38,13 @@ def standin(tmp_path_factory) -> Iterator[Node]:
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("pve-standin")
+    # the node's GPU nodes: /dev/null's device number under nvidia names, 0666 root:root as nvidia-modprobe makes
+    # them (NVIDIA/nvidia-modprobe modprobe-utils/nvidia-modprobe-utils.c); devN paths are looked up here
+    dev_root = work / "node-root"
+    (dev_root / "dev").mkdir(parents=True)
+    null = os.stat("/dev/null").st_rdev
+    for name in STANDIN_GPU_NODES:
+        os.mknod(dev_root / "dev" / name, stat.S_IFCHR | 0o666, null)
     settings_file = work / "settings.json"
     settings_file.write_text(
         json.dumps(
@@ -42,6 +52,7 @@ def standin(tmp_path_factory) -> Iterator[Node]:
                 "tokens": {TOKEN_ID: TOKEN_SECRET},
                 "templates": [TEMPLATE],
                 "nat": True,  # the configure plays install Debian packages in the containers
+                "dev_root": str(dev_root),
                 "guests": [
                     {"vmid": FOREIGN_CT, "type": "lxc", "name": "someone-elses-ct", "tags": "other"},
                     {"vmid": FOREIGN_VM, "type": "qemu", "name": "someone-elses-vm"},

@@ -23,6 +23,13 @@ TOKEN_SECRET = "4c1b2d8e-5f3a-4e7b-9c0d-standin-test"  # a test-only secret for 
 TEMPLATE = "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"
 # Guests that are not ours: a container and a VM that exist before any test
 FOREIGN_CT, FOREIGN_VM = 150, 151
+# the nodes pve_gpu_passthrough passes by default
+STANDIN_GPU_NODES = (
+    "nvidia0",
+    "nvidiactl",
+    "nvidia-uvm",
+    "nvidia-uvm-tools",
+)  # <dev_root>/dev/<name>, with /dev/null's device number
 
 
 def missing_requirement() -> str | None:

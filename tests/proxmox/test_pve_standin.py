@@ -215,6 +215,88 @@ def test_the_config_round_trips_like_pve_normalises_it(standin: Node, api, runni
     assert api.get(path).json()["data"] == changed
 
 
+def veth_ifindex(vmid: int) -> int:
+    """The host end of the container's eth0; a replugged veth is a new interface with a new index."""
+    return int(Path(f"/sys/class/net/veth{vmid}i0/ifindex").read_text())
+
+
+def test_net0_without_hwaddr_gets_a_new_mac_and_replugs_a_running_container(
+    standin: Node, api, running_ct: int, ssh_key: Path, tmp_path: Path
+):
+    """pve-container LXC/Config.pm parse_lxc_network draws a MAC for a net0 without hwaddr; LXC.pm update_net then
+    deletes the running container's veth and hot-plugs a new one. The same hwaddr changes nothing."""
+    path = f"/nodes/{standin.node}/lxc/{running_ct}/config"
+    before = api.get(path).json()["data"]["net0"]
+    mac, index = re.search(r"hwaddr=([0-9A-F:]+)", before).group(1), veth_ifindex(running_ct)
+
+    # what community.proxmox 1.4.0 sends with a memory change: every option, net0 as the play wrote it
+    resent = f"name=eth0,bridge=esprx0,ip={RUNNING_IP}/24,gw=10.216.0.1"
+    assert api.put(path, data={"memory": 320, "net0": resent}).status_code == 200
+    after = api.get(path).json()["data"]["net0"]
+    new_mac = re.search(r"hwaddr=([0-9A-F:]+)", after).group(1)
+    assert new_mac != mac and veth_ifindex(running_ct) != index, "no new MAC, or the veth was not replugged"
+    inside = ssh(standin, running_ct, RUNNING_IP, ssh_key, "cat /sys/class/net/eth0/address", tmp_path)
+    assert inside.returncode == 0 and inside.stdout.strip().upper() == new_mac, inside
+
+    # with its hwaddr the same net0 is no change: no new MAC, no replug
+    index = veth_ifindex(running_ct)
+    assert api.put(path, data={"memory": 256, "net0": after}).status_code == 200
+    assert api.get(path).json()["data"]["net0"] == after and veth_ifindex(running_ct) == index
+
+
+def test_an_unprivileged_container_has_pves_id_map_and_devn_nodes_the_service_user_opens(
+    standin: Node, api, ssh_key: Path, tmp_path: Path
+):
+    """PVE runs `unprivileged: 1` containers with `lxc.idmap = u|g 0 100000 65536` (pve-container src/PVE/LXC.pm
+    parse_id_maps, update_lxc_config) and makes each devN node root:root 0660 unless gid=/uid=/mode= say otherwise,
+    chowned through that map (src/PVE/LXC.pm create_passthrough_device_node, from src/lxc-pve-prestart-hook).
+    The stand-in GPU is /dev/null's device number under nvidia names. A service like vllm.service (User=,
+    SupplementaryGroups=video) opens the node that has gid=44, and not the one PVE left to root."""
+    vmid, ip = 212, "10.216.0.22"
+    conf_file = Path(standin.lxc_path).parent / f"pve/nodes/{standin.node}/lxc/{vmid}.conf"
+    path = f"/nodes/{standin.node}/lxc/{vmid}"
+    try:
+        created = api.post(f"/nodes/{standin.node}/lxc", data=ct_params(vmid, ip, ssh_key))
+        assert standin.wait_task(api, created.json()["data"])["exitstatus"] == "OK"
+        # devN cannot go through a token (root@pam only): pve_gpu_passthrough writes the file on the node, like this
+        conf_file.write_text("dev0: /dev/nvidia0,gid=44\ndev1: /dev/nvidiactl\n" + conf_file.read_text())
+        started = api.post(f"{path}/status/start")
+        assert standin.wait_task(api, started.json()["data"])["exitstatus"] == "OK"
+        wait_for_ssh(standin, vmid, ip, ssh_key, tmp_path)
+
+        def inside(command: str) -> subprocess.CompletedProcess[str]:
+            return ssh(standin, vmid, ip, ssh_key, command, tmp_path)
+
+        assert inside("cat /proc/self/uid_map").stdout.split() == ["0", "100000", "65536"]
+        nodes = inside("stat -c '%n %u:%g %a %t:%T' /dev/nvidia0 /dev/nvidiactl").stdout.splitlines()
+        assert nodes == ["/dev/nvidia0 0:44 660 1:3", "/dev/nvidiactl 0:0 660 1:3"], nodes
+        rootfs = Path(standin.lxc_path, str(vmid), "rootfs")
+        assert (rootfs.stat().st_uid, (rootfs / "etc/passwd").stat().st_gid) == (100000, 100000)
+        host_node = Path(standin.lxc_path, str(vmid), "passthrough/dev/nvidia0").stat()
+        assert (host_node.st_uid, host_node.st_gid) == (100000, 100044), "not chowned through the id map"
+
+        def as_service(node: str, groups: str = "video") -> subprocess.CompletedProcess[str]:
+            unit = f"-p User=nobody -p SupplementaryGroups={groups}" if groups else "-p User=nobody"
+            return inside(f"systemd-run --wait --pipe --quiet {unit} sh -c 'exec 3<>{node} && echo opened'")
+
+        opened = as_service("/dev/nvidia0")
+        assert opened.stdout.strip() == "opened", opened
+        for refused in (as_service("/dev/nvidiactl"), as_service("/dev/nvidia0", groups="")):
+            assert refused.returncode != 0 and "Permission denied" in refused.stdout + refused.stderr, refused
+
+        # a devN node missing on the host stops the start, with the prestart hook's message
+        stopped = api.post(f"{path}/status/stop")
+        assert standin.wait_task(api, stopped.json()["data"])["exitstatus"] == "OK"
+        conf_file.write_text("dev2: /dev/nvidia1\n" + conf_file.read_text())
+        refused = api.post(f"{path}/status/start")
+        status = standin.wait_task(api, refused.json()["data"])
+        assert status["exitstatus"] == "Could not get mode or device ID of /dev/nvidia1", status
+    finally:
+        gone = api.delete(path, params={"force": 1, "purge": 1})
+        if gone.status_code == 200:
+            standin.wait_task(api, gone.json()["data"])
+
+
 def test_upids_and_task_logs_have_pves_shape(standin: Node, api):
     answer = api.post(
         f"/nodes/{standin.node}/aplinfo",

@@ -231,6 +231,28 @@ def test_a_second_run_changes_nothing(deployment: Deployment):
     assert {host: c["changed"] for host, c in counts.items()} == {"pve1": 0, EMBED[0]: 0, QDRANT[0]: 0}
 
 
+def test_a_memory_change_keeps_the_mac_and_does_not_replug_the_running_container(deployment: Deployment):
+    """community.proxmox 1.4.0 resends net0 with any change; without hwaddr PVE would draw a new MAC and replug the
+    running container's veth (pve-container LXC/Config.pm parse_lxc_network, LXC.pm update_net), as the stand-in
+    does. The play must send net0 only when the network changes."""
+    vmid = EMBED[1]
+    net0 = deployment.config(vmid)["net0"]
+    veth = Path(f"/sys/class/net/veth{vmid}i0/ifindex")
+    index, seen = veth.read_text(), len(deployment.node.requests())
+    bigger = deployment.with_overrides("memory", **{EMBED[0]: {"pve_containers_memory": 3584}})
+
+    proc = deployment.run("site.yml", "--tags", "provision", "--limit", "pve1", overlay=bigger)
+
+    assert proc.returncode == 0, output(proc)
+    assert recap(proc.stdout)["pve1"]["changed"] >= 1
+    config = deployment.config(vmid)
+    assert config["memory"] == 3584 and config["net0"] == net0, "the MAC or the network changed"
+    assert veth.read_text() == index, "the running container's veth was replugged"
+    puts = [r for r in deployment.node.requests()[seen:] if r["method"] == "PUT"]
+    assert puts and all("net0" not in r.get("params", {}) for r in puts), puts
+    assert str(vmid) in deployment.node.lxc_ls(running=True)
+
+
 def test_teardown_asks_first_and_refuses_a_vmid_that_is_not_ours(deployment: Deployment):
     seen = len(deployment.node.requests())
     unconfirmed = deployment.run("teardown.yml")  # stdin is not a terminal: no answer is a no
@@ -277,6 +299,7 @@ def test_gpu_passthrough_writes_the_new_containers_config_once(deployment: Deplo
         "pve_gpu_passthrough_uvm_boot_root": str(scratch / "host"),
         "pve_gpu_passthrough_status_command": f"sh -c 'echo status: $({lxc_info} | tr A-Z a-z)'",
         "pve_gpu_passthrough_restart_command": f"touch {restarted}",
+        "pve_gpu_passthrough_nvidia_version_file": str(REPO / "tests/ansible/fixtures/nvidia/version-580"),
     }
     overlay = deployment.with_overrides("gpu", **{EMBED[0]: {"embedstack_gpu": True}})
     data = yaml.safe_load(overlay.read_text())
@@ -285,10 +308,25 @@ def test_gpu_passthrough_writes_the_new_containers_config_once(deployment: Deplo
     provision = ("site.yml", "--tags", "provision", "--limit", "pve1")
 
     try:
+        # A driver below the floor of the pinned vLLM's CUDA 13 fails the preflight, before any container exists.
+        old_driver = deployment.work / "gpu-old-driver.yml"
+        data["all"]["children"]["pve"]["hosts"]["pve1"]["pve_gpu_passthrough_nvidia_version_file"] = str(
+            REPO / "tests/ansible/fixtures/nvidia/version-570"
+        )
+        old_driver.write_text(yaml.safe_dump(data))
+        refused = deployment.run(*provision, overlay=old_driver)
+        assert refused.returncode != 0, output(refused)
+        assert "The NVIDIA driver on pve1 is 570.133.20" in refused.stdout, output(refused)
+        assert "needs driver 580 or newer" in refused.stdout, output(refused)
+        vmids = {g["vmid"] for g in deployment.api("/cluster/resources?type=vm")}
+        assert vmids.isdisjoint({EMBED[1], QDRANT[1]}), "a container was created before the driver check"
+
         first = deployment.run(*provision, overlay=overlay)
         assert first.returncode == 0, output(first)
         devices = sorted(v.split(",")[0] for k, v in deployment.config(EMBED[1]).items() if re.fullmatch(r"dev\d+", k))
         assert devices == ["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"]
+        gids = {v for k, v in deployment.config(EMBED[1]).items() if re.fullmatch(r"dev\d+", k)}
+        assert all(v.endswith(",gid=44") for v in gids), gids
         assert not any(re.fullmatch(r"dev\d+", k) for k in deployment.config(QDRANT[1]))
         assert (scratch / "host/etc/systemd/system/embedstack-nvidia-uvm.service").exists()
 

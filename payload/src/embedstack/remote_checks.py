@@ -77,8 +77,28 @@ def check_nvidia():
     if not shutil.which("nvidia-smi"):
         record("nvidia-smi", False, "nvidia-smi is not installed")
         return
-    code, out = run("nvidia-smi", "--query-gpu=name,driver_version,memory.used,memory.total", "--format=csv,noheader")
-    record("nvidia-smi", code == 0, out.splitlines()[0] if out else f"exit {code}")
+    query = ("nvidia-smi", "--query-gpu=name,driver_version,memory.used,memory.total", "--format=csv,noheader")
+    user, groups = service_identity("vllm.service") if PARAMS.get("vllm") else ("", [])
+    if user and user != "root":
+        # as vllm.service opens the GPU: its user, its groups and the unit's SupplementaryGroups (root sees any node)
+        code, out = run("runuser", "-u", user, *[arg for group in groups for arg in ("-G", group)], "--", *query)
+        label = f"nvidia-smi as {user}"
+    else:
+        code, out = run(*query)
+        label = "nvidia-smi"
+    record(label, code == 0, out.splitlines()[0] if out else f"exit {code}")
+
+
+def service_identity(unit):
+    """The user a systemd unit runs as and every group it holds: the user's own groups plus SupplementaryGroups."""
+    code, out = run("systemctl", "show", unit, "--property=User", "--property=SupplementaryGroups")
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if code == 0 else {}
+    user = props.get("User", "")
+    if not user:
+        return "", []
+    code, own = run("id", "-Gn", user)
+    groups = (own.split() if code == 0 else []) + props.get("SupplementaryGroups", "").split()
+    return user, list(dict.fromkeys(groups))
 
 
 def check_qdrant():

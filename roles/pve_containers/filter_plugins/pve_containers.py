@@ -183,10 +183,37 @@ def pve_containers_on(hosts: list[str], hostvars: Any, node_host: str, nodes: li
     return mine
 
 
+NET0_MANAGED = ("name", "bridge", "ip", "gw")  # the net0 keys the play sets; PVE's others are kept as they are
+
+
+def _net_options(value: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in str(value or "").split(",") if "=" in part)
+
+
+def pve_containers_net0(wanted: str, current: str | None) -> str | None:
+    """What to send as net0: the spec for a new container, None (send nothing) for an existing one whose network
+    already is what the spec asks, else the current net0 with the play's keys changed and its hwaddr kept.
+
+    community.proxmox 1.4.0's update sends every option again as soon as one differs; a net0 without hwaddr makes
+    PVE draw a new MAC (pve-container src/PVE/LXC/Config.pm parse_lxc_network) and replug the veth of a running
+    container (src/PVE/LXC.pm update_net): a memory change would break the container's network for a moment
+    and change its MAC (DHCP leases, ARP caches, firewalls keyed on it)."""
+    if not current:
+        return wanted
+    want, have = _net_options(wanted), _net_options(current)
+    if all(want.get(key) == have.get(key) for key in NET0_MANAGED):
+        return None
+    # PVE's own key order; the play's keys take the spec's values, or go when the spec has none (a removed gw)
+    merged = {k: want.get(k) if k in NET0_MANAGED else v for k, v in have.items() if k not in NET0_MANAGED or k in want}
+    merged.update({k: want[k] for k in NET0_MANAGED if k in want and k not in merged})
+    return ",".join(f"{k}={v}" for k, v in merged.items())
+
+
 class FilterModule:
     def filters(self):
         return {
             "pve_containers_on": pve_containers_on,
             "pve_containers_specs": pve_containers_specs,
             "pve_containers_match": pve_containers_match,
+            "pve_containers_net0": pve_containers_net0,
         }

@@ -26,7 +26,7 @@ options:
   nvidia_major: {type: int, required: true, description: Major of /dev/nvidia*.}
   uvm_major: {type: int, required: true, description: Major of /dev/nvidia-uvm*.}
   gid: {type: str, default: "", description: gid option of devN entries; empty leaves it out.}
-  mode: {type: str, default: "", description: mode option of devN entries; empty leaves it out.}
+  mode: {type: str, default: "", description: "mode option of devN entries, 0[0-7]{3} as PVE checks; empty: none."}
   lock_dir: {type: path, default: /run/lock/lxc, description: Directory of PVE's config locks.}
   lock_timeout: {type: int, default: 10, description: Seconds to wait for the config lock.}
 author: embedstack
@@ -261,7 +261,8 @@ def main() -> None:
     bad = [d for d in module.params["devices"] if not re.fullmatch(r"/dev/[A-Za-z0-9._/-]+", d)]
     if bad:
         module.fail_json(msg=f"not a device path under /dev: {', '.join(bad)}")
-    for key, pattern in (("gid", r"\d*"), ("mode", r"[0-7]{0,4}")):
+    # PVE's devN schema (pve-container src/PVE/LXC/Config.pm): gid is an integer, mode matches 0[0-7]{3}
+    for key, pattern in (("gid", r"\d*"), ("mode", r"(0[0-7]{3})?")):
         if not re.fullmatch(pattern, module.params[key]):
             module.fail_json(msg=f"{key} must match {pattern}, got {module.params[key]!r}")
     module.exit_json(**run(module))

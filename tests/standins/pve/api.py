@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from standins.base import StandinHandler
-from standins.pve.lxc_backend import Machine, net_dev, proc_starttime_of, run
+from standins.pve.lxc_backend import Machine, id_map, net_dev, proc_starttime_of, run
 from standins.pve.schema import (
     BOOL,
     CONFDESC,
@@ -598,6 +598,7 @@ class StandIn:
                     conf.setdefault("memory", "512")
                     conf.setdefault("swap", "512")
                     self.machine.customize(rootfs_dir, conf, ssh_keys, password, log)
+                    self.machine.shift_rootfs(rootfs_dir, id_map(conf))
                     self._write_conf(vmid, conf)
                 except Exception as e:
                     self.machine.destroy(vmid)
@@ -643,8 +644,13 @@ class StandIn:
                 conf.pop(opt, None)
             # the stand-in applies every change at once; PVE keeps what cannot be hot-plugged into a
             # running container as pending (GET config shows pending values either way)
+            old_nets = {k: v for k, v in conf.items() if re.fullmatch(r"net\d+", k)}
             self._apply_conf_params(vmid, conf, p)
             self._write_conf(vmid, conf)
+            # a netN sent again without hwaddr got a new MAC above (LXC/Config.pm parse_lxc_network); on a
+            # running container PVE then replugs the veth (LXC.pm update_net)
+            for key in sorted(k for k in p if re.fullmatch(r"net\d+", k)):
+                self.machine.update_net(vmid, key, old_nets.get(key), conf[key])
         return None
 
     def vm_status(self, p, user, extra):

@@ -1,10 +1,27 @@
-"""The machine side: real privileged LXC containers, the node's bridge and NAT, and cleanup.
+"""The machine side: real LXC containers, the node's bridge and NAT, and cleanup.
 
 Upstream: pve-container 6.1 (`src/PVE/LXC.pm`: update_lxc_config for the LXC config a start writes,
 calculate_memory_constraints, vm_stop, vmstatus; `src/PVE/LXC/Setup.pm` and `Setup/Debian.pm`:
 the post_create_hook that sets hostname, hosts, resolv.conf, SSH host keys, root's keys and
 password), pve-manager's bridge (`vmbr0`) and LXC itself (lxc.container.conf(5); lxc-start,
 lxc-stop, lxc-info, lxc-wait with `-P <state>/lxc`).
+
+Unprivileged containers (`unprivileged: 1`, PVE's default) run as PVE runs them: with PVE's id map
+(`src/PVE/LXC.pm` parse_id_maps and update_lxc_config: `lxc.idmap = u 0 100000 65536` and the same for
+gids, unless the config has its own `lxc.idmap` lines), from a root filesystem whose owners are shifted
+into that range (`src/PVE/LXC/Create.pm` unpacks the template inside the user namespace; here the copy is
+shifted after the post-create setup). LXC on this machine runs such containers when root starts them
+(it writes the mapping itself); the container root (host uid 100000) must be able to traverse the path
+to its root filesystem, so the stand-in adds o+x to the state directory's ancestors that lack it and
+takes it back at cleanup.
+
+`devN` entries are set up as PVE's prestart hook does (`src/lxc-pve-prestart-hook` calling
+`src/PVE/LXC.pm` create_passthrough_device_node): a node with the host node's type and device number
+under `<ct>/passthrough/<path>`, chmod to the entry's mode or 0660, chown to the entry's uid/gid
+(default 0) mapped through the id map; a missing host node fails the start with PVE's message. The
+cgroup allow line is update_lxc_config's, and the bind mount into the container's /dev is what
+`src/lxc-pve-autodev-hook` does, written as an `lxc.mount.entry`. Host paths are looked up under the
+`dev_root` setting, so tests can pass a stand-in node without creating /dev/nvidia0 on this machine.
 """
 
 from __future__ import annotations
@@ -16,12 +33,13 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from standins.pve.schema import NETCONF_DESC, parse_property_string
+from standins.pve.schema import DEV_DESC, NETCONF_DESC, parse_property_string
 from standins.pve.settings import Settings
 from standins.pve.tasks import TaskFailed
 
@@ -37,6 +55,32 @@ def cgroup_version() -> int:
     if Path("/sys/fs/cgroup/cgroup.controllers").exists():
         return 2
     return 1
+
+
+# PVE's id map of an unprivileged container without lxc.idmap lines (src/PVE/LXC.pm parse_id_maps)
+DEFAULT_ID_MAP = (("u", 0, 100000, 65536), ("g", 0, 100000, 65536))
+
+
+def id_map(conf: dict[str, Any]) -> list[tuple[str, int, int, int]]:
+    """[(type, first id in the container, first id on the host, count)]; empty for a privileged container."""
+    custom = []
+    for key, value in conf.get("lxc", []):
+        if key == "lxc.idmap":
+            m = re.fullmatch(r"([ug])\s+(\d+)\s+(\d+)\s+(\d+)\s*", value)
+            if not m:
+                raise TaskFailed(f"failed to parse idmap: {value}")
+            custom.append((m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))))
+    if custom:
+        return custom
+    return list(DEFAULT_ID_MAP) if str(conf.get("unprivileged", "0")) == "1" else []
+
+
+def map_id(value: int, mapping: list[tuple[str, int, int, int]], kind: str) -> int:
+    """src/PVE/LXC.pm map_ct_id_to_host: an id inside the container as the host sees it."""
+    for typ, ct, host, length in mapping:
+        if typ == kind and ct <= value < ct + length:
+            return host - ct + value
+    return value
 
 
 class Machine:
@@ -143,7 +187,7 @@ class Machine:
             search = (re.findall(r"(?m)^\s*search\s+(.+)$", host) or [""])[0].split()
         return "".join(f"search {' '.join(search)}\n" if search else "") + "".join(f"nameserver {s}\n" for s in servers)
 
-    def write_lxc_config(self, vmid: int, conf: dict[str, Any]) -> None:
+    def write_lxc_config(self, vmid: int, conf: dict[str, Any], devices: list[str] | None = None) -> None:
         # what PVE::LXC::update_lxc_config writes, on this host's LXC and cgroup version
         d = self.ct_dir(vmid)
         lines = [
@@ -159,6 +203,10 @@ class Machine:
             f"lxc.log.file = {d}/{vmid}.log",
             "lxc.log.level = WARN",
         ]
+        if str(conf.get("unprivileged", "0")) == "1":
+            lines.append("lxc.include = /usr/share/lxc/config/userns.conf")
+            if not any(k == "lxc.idmap" for k, _ in conf.get("lxc", [])):
+                lines += [f"lxc.idmap = {typ} {ct} {host} {n}" for typ, ct, host, n in DEFAULT_ID_MAP]
         if conf.get("console") == "0":
             lines.append("lxc.console.path = none")
         memory, swap = int(conf.get("memory", 512)), int(conf.get("swap", 0))
@@ -221,12 +269,105 @@ class Machine:
                 lines.append(f"lxc.net.{ind}.ipv6.address = {net['ip6']}")
             if net.get("gw6"):
                 lines.append(f"lxc.net.{ind}.ipv6.gateway = {net['gw6']}")
+        lines += devices or []
         lines += [f"{k} = {v}" for k, v in conf.get("lxc", [])]
         (d / "config").write_text("\n".join(lines) + "\n")
         (d / "config").chmod(0o600)
 
+    def update_net(self, vmid: int, key: str, old: str | None, new: str) -> bool:
+        """A changed netN of a running container, as pve-container `src/PVE/LXC.pm` update_net applies it: a
+        new hwaddr or name deletes the host's veth and hot-plugs a new pair (hotplug_net), i.e. the container's
+        interface goes away and comes back with another MAC. Returns whether the veth was replugged.
+
+        Other changes (ip, gw, bridge, link_down, ...) are recorded in the config and applied at the next start,
+        as the README's "Changes to a running container" says."""
+        state, pid = self.state(vmid)
+        if state != "running" or not pid or not old:
+            return False
+        ind = key[3:]
+        before, after = parse_property_string(NETCONF_DESC, old), parse_property_string(NETCONF_DESC, new)
+        if before.get("hwaddr") == after.get("hwaddr") and before.get("name") == after.get("name"):
+            return False
+        veth, name = f"veth{vmid}i{ind}", after["name"]
+        in_ct = ["nsenter", "-t", str(pid), "-n", "ip"]
+        run(["ip", "link", "del", veth], check=False)  # PVE::Network::veth_delete: takes the container's end too
+        mtu = after.get("mtu") or self.bridge_mtu(after["bridge"]) or 1500
+        run(["ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name", name, "netns", str(pid)])
+        run(["ip", "link", "set", veth, "master", after["bridge"], "up"])
+        run([*in_ct, "link", "set", name, "address", after["hwaddr"]])
+        run([*in_ct, "link", "set", name, "up"])
+        if after.get("ip", "dhcp") not in ("dhcp", "manual"):
+            run([*in_ct, "addr", "add", after["ip"], "dev", name])
+        if after.get("gw"):
+            run([*in_ct, "route", "replace", "default", "via", after["gw"], "dev", name])
+        return True
+
+    def shift_rootfs(self, rootfs: Path, mapping: list[tuple[str, int, int, int]]) -> None:
+        """Give every file of a new unprivileged container's root filesystem its owner as the host sees it."""
+        if not mapping:
+            return
+
+        def shift(path: str) -> None:
+            st = os.lstat(path)
+            os.lchown(path, map_id(st.st_uid, mapping, "u"), map_id(st.st_gid, mapping, "g"))
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o6000:
+                os.chmod(path, stat.S_IMODE(st.st_mode))  # chown drops setuid/setgid bits
+
+        shift(str(rootfs))
+        for top, dirs, files in os.walk(rootfs):
+            for name in dirs + files:
+                shift(os.path.join(top, name))
+
+    def _let_container_root_traverse(self, vmid: int) -> None:
+        """LXC refuses to start an unprivileged container whose root cannot reach its rootfs."""
+        data = json.loads(self.record.read_text()) if self.record.exists() else {}
+        modes = data.get("modes", {})
+        for path in [self.ct_dir(vmid), *self.ct_dir(vmid).parents]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                modes.setdefault(str(path), mode)
+                path.chmod(mode | stat.S_IXOTH)
+        self._remember(modes=modes)
+
+    def passthrough_devices(
+        self, vmid: int, conf: dict[str, Any], mapping: list[tuple[str, int, int, int]]
+    ) -> list[str]:
+        """The prestart hook's devN nodes and the LXC config lines that allow and bind-mount them."""
+        pdir = self.ct_dir(vmid) / "passthrough"
+        shutil.rmtree(pdir, ignore_errors=True)
+        lines: list[str] = []
+        allow_key = "lxc.cgroup2.devices.allow" if cgroup_version() == 2 else "lxc.cgroup.devices.allow"
+        for key in sorted((k for k in conf if re.fullmatch(r"dev\d+", k)), key=lambda k: int(k[3:])):
+            dev = parse_property_string(DEV_DESC, conf[key])
+            path = str(dev.get("path", ""))
+            if not path:
+                raise TaskFailed(f"Path is not defined for passthrough device {key}")
+            try:
+                st = os.stat(Path(self.s.dev_root) / path.lstrip("/"))
+            except OSError:
+                raise TaskFailed(f"Could not get mode or device ID of {path}") from None
+            if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                raise TaskFailed(f"{path} is not a device")
+            node = pdir / path.lstrip("/")
+            node.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            pdir.chmod(0o755)
+            os.mknod(node, st.st_mode, st.st_rdev)
+            os.chmod(node, int(str(dev["mode"]), 8) if dev.get("mode") else 0o660)
+            os.chown(node, map_id(int(dev.get("uid", 0)), mapping, "u"), map_id(int(dev.get("gid", 0)), mapping, "g"))
+            kind = "b" if stat.S_ISBLK(st.st_mode) else "c"
+            perms = "r" if str(dev.get("deny-write", "0")) == "1" else "rw"
+            lines += [
+                f"{allow_key} = {kind} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} {perms}",
+                f"lxc.mount.entry = {node} {path.lstrip('/')} none bind,create=file 0 0",
+            ]
+        return lines
+
     def start(self, vmid: int, conf: dict[str, Any], debug: bool) -> None:
-        self.write_lxc_config(vmid, conf)
+        mapping = id_map(conf)
+        if mapping:
+            self.ct_dir(vmid).chmod(0o755)
+            self._let_container_root_traverse(vmid)
+        self.write_lxc_config(vmid, conf, self.passthrough_devices(vmid, conf, mapping))
         name, path = str(vmid), str(self.lxc_path)
         cmd = ["lxc-start", "-P", path, "-n", name, "-d"]
         if debug:
@@ -296,6 +437,10 @@ def cleanup(settings: Settings) -> list[str]:
     changed = json.loads(record.read_text()) if record.exists() else {}
     others = run(["nft", "list", "tables"], check=False).stdout
     # give forwarding back only when no other embedstack environment (lab, molecule) still needs it
+    for path, mode in changed.get("modes", {}).items():  # the o+x an unprivileged container's root needed
+        with contextlib.suppress(OSError):
+            os.chmod(path, mode)
+            done.append(f"mode {oct(mode)} of {path} (set back)")
     if changed.get("ip_forward") == "0" and "embedstack_" not in others:
         run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
         done.append("net.ipv4.ip_forward=1 (set back to 0)")

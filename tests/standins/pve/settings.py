@@ -54,6 +54,8 @@ class Settings:
     guests: list[dict[str, Any]] = field(default_factory=list)
     auth_failure_delay: float = 3.0
     mac_prefix: str = "BC:24:11"
+    # the root devN paths are looked up under: /dev/nvidia0 is <dev_root>/dev/nvidia0 (tests put stand-in nodes there)
+    dev_root: str = "/"
 
     @classmethod
     def load(cls, path: str | None) -> Settings:
