@@ -3,6 +3,11 @@ without it, and the port speaks no plaintext HTTP, so neither keys nor code cros
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import time
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -48,3 +53,70 @@ def test_the_https_port_answers_no_plaintext_http(tls_gateway):
             headers={"Authorization": f"Bearer {API_KEY}"},
             timeout=5,
         )
+
+
+def ca_signed_pair(tmp: Path, names: list[str]) -> tuple[Path, Path]:
+    """A server certificate for `names`, issued by a throw-away CA (as a deployment's would be)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(subject: str, key, issuer: str, issuer_key, ca: bool, sans=None):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
+    leaf = issue("gateway", key, "embedstack test CA", ca_key, False, sans)
+    cert, key_file = tmp / "leaf.pem", tmp / "leaf-key.pem"
+    cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key_file
+
+
+def test_health_checks_an_https_gateway_by_the_name_clients_use(tmp_path_factory):
+    """embedstack health's on-host check connects to 127.0.0.1 but verifies the certificate the host
+    serves for the address in the inventory, with that certificate as the anchor (pinned)."""
+    from embedstack import remote_checks
+
+    tmp = tmp_path_factory.mktemp("health-tls")
+    cert, key = ca_signed_pair(tmp, ["gpu-1.example", "10.1.2.3"])
+    gateway = GatewayProcess(tmp, env={"EMBEDSTACK_TLS_CERT": str(cert), "EMBEDSTACK_TLS_KEY": str(key)})
+    try:
+        deadline = time.monotonic() + 120
+        while gateway.proc.poll() is None and time.monotonic() < deadline:
+            status, _ = remote_checks.http("GET", gateway.url + "/ready", tls={"cert": str(cert), "name": "10.1.2.3"})
+            if status == 200:
+                break
+            time.sleep(0.3)
+        found = {}
+        for name in ("gpu-1.example", "10.1.2.3", "other.example"):
+            remote_checks.results.clear()
+            remote_checks.PARAMS["gateway"] = {
+                "port": gateway.port, "model": MODEL, "dimension": 384, "tls": {"cert": str(cert), "name": name},
+            }  # fmt: skip
+            remote_checks.check_gateway()
+            found[name] = {r["check"]: (r["ok"], r["detail"]) for r in remote_checks.results}
+    finally:
+        remote_checks.PARAMS.pop("gateway", None)
+        gateway.stop()
+    assert found["gpu-1.example"]["gateway embedding"] == (True, "384 dims (expected 384)")
+    assert found["10.1.2.3"]["gateway /ready"][0]
+    ok, detail = found["other.example"]["gateway /ready"]
+    assert not ok and "other.example" in detail and "mismatch" in detail.lower(), detail

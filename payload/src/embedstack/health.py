@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from embedstack.inventory import Host, load_inventory
+from embedstack.inventory import Host, load_inventory, truthy
 
 SSH_TIMEOUT = 10
 
@@ -70,16 +70,20 @@ def params_for(host: Host) -> dict[str, Any]:
             "dimension": dimension,
             "api_key": first_key(host.vars.get("embedding_service_api_keys")),
         }
+        if host.vars.get("embedding_service_tls_cert"):  # where the embedding_service role writes it
+            config_dir = host.vars.get("embedding_service_config_dir", "/etc/embedstack")
+            params["gateway"]["tls"] = {"cert": f"{config_dir}/tls-cert.pem", "name": host.address}
     if "qdrant" in host.groups:
         installed = str(host.vars.get("qdrant_install_binary", True)).lower() not in ("false", "no", "0")
         if installed:
             units.append("qdrant.service")
         params["qdrant"] = {
             "port": host.qdrant_port,
-            "scheme": "https" if host.vars.get("qdrant_enable_tls") else "http",
             "api_key": str(host.vars.get("qdrant_api_key", "")),
             "installed": installed,
         }
+        if truthy(host.vars.get("qdrant_enable_tls", False)):
+            params["qdrant"]["tls"] = {"cert": str(host.vars.get("qdrant_tls_cert", "")), "name": host.address}
     params["units"] = units
     params["min_free_gib"] = float(host.vars.get("embedstack_health_min_free_gib", 2))
     return params

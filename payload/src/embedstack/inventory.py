@@ -28,7 +28,7 @@ class Host:
 
     @property
     def gpu(self) -> bool:
-        return _truthy(self.vars.get("embedstack_gpu", False))
+        return truthy(self.vars.get("embedstack_gpu", False))
 
     @property
     def runs_vllm(self) -> bool:
@@ -44,7 +44,7 @@ class Host:
         return int(self.vars.get("qdrant_http_port", QDRANT_HTTP_PORT))
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -6,11 +6,15 @@ Standard library only: hosts have python3 but not necessarily the embedstack ven
 
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from http.client import HTTPException, HTTPSConnection
 
 PARAMS: dict = globals().get("PARAMS", {})
 results: list = []
@@ -20,8 +24,38 @@ def record(check, ok, detail):
     results.append({"check": check, "ok": bool(ok), "detail": str(detail)})
 
 
-def http(method, url, body=None, headers=None, timeout=10):
+class LoopbackHTTPS(HTTPSConnection):
+    """Connects to 127.0.0.1 but checks the certificate for the host's own name, as its clients do."""
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def https_loopback(method, url, data, headers, timeout, tls):
+    """tls: {"cert": the PEM the service serves, "name": the address clients use}. That certificate is
+    the trust anchor (pinned: a leaf issued by any CA verifies), and its name must match."""
+    context = ssl.create_default_context(cafile=tls["cert"])
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    parts = urllib.parse.urlsplit(url)
+    conn = LoopbackHTTPS(tls["name"], parts.port, timeout=timeout, context=context)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except ssl.SSLCertVerificationError as exc:
+        return 0, f"TLS: {exc.verify_message} for {tls['name']} (the certificate in {tls['cert']})".encode()
+    except (OSError, HTTPException) as exc:
+        return 0, str(exc).encode()
+    finally:
+        conn.close()
+
+
+def http(method, url, body=None, headers=None, timeout=10, tls=None):
     data = json.dumps(body).encode() if body is not None else None
+    if tls:
+        return https_loopback(method, url, data, headers, timeout, tls)
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     for name, value in (headers or {}).items():
         req.add_header(name, value)
@@ -52,12 +86,13 @@ def check_gateway():
     gw = PARAMS.get("gateway")
     if not gw:
         return
-    base = f"http://127.0.0.1:{gw['port']}"
-    status, body = http("GET", base + "/ready")
+    tls = gw.get("tls")
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{gw['port']}"
+    status, body = http("GET", base + "/ready", tls=tls)
     record("gateway /ready", status == 200, f"HTTP {status}" if status else body.decode()[:200])
     headers = {"Authorization": "Bearer " + gw["api_key"]} if gw.get("api_key") else {}
     request = {"model": gw["model"], "input": ["embedstack health canary"], "encoding_format": "float"}
-    status, body = http("POST", base + "/v1/embeddings", request, headers)
+    status, body = http("POST", base + "/v1/embeddings", request, headers, tls=tls)
     if status != 200:
         record("gateway embedding", False, f"HTTP {status}: {body.decode(errors='replace')[:200]}")
         return
@@ -108,8 +143,9 @@ def check_qdrant():
     if not qd["installed"]:
         record("qdrant", True, "skipped: qdrant_install_binary is false, so no Qdrant runs here")
         return
-    base = f"{qd['scheme']}://127.0.0.1:{qd['port']}"
-    status, body = http("GET", base + "/readyz")
+    tls = qd.get("tls")
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{qd['port']}"
+    status, body = http("GET", base + "/readyz", tls=tls)
     record("qdrant /readyz", status == 200, f"HTTP {status}" if status else body.decode()[:200])
     headers = {"api-key": qd.get("api_key", "")}
     name = f"embedstack-health-{uuid.uuid4().hex[:12]}"
@@ -125,11 +161,11 @@ def check_qdrant():
     ]
     failed = None
     for step, method, path, body_ in steps:
-        status, out = http(method, base + path, body_, headers)
+        status, out = http(method, base + path, body_, headers, tls=tls)
         if status != 200:
             failed = f"{step}: HTTP {status} {out.decode(errors='replace')[:160]}"
             break
-    status, out = http("DELETE", base + f"/collections/{name}", None, headers)
+    status, out = http("DELETE", base + f"/collections/{name}", None, headers, tls=tls)
     if not failed and status != 200:
         failed = f"delete: HTTP {status}"
     record("qdrant canary", failed is None, failed or "write/read/delete in a scratch collection")
