@@ -32,7 +32,7 @@ def run_checks(params: dict) -> dict[str, dict]:
 
 
 def params(port: int, key: str) -> dict:
-    return {"units": [], "qdrant": {"port": port, "scheme": "http", "api_key": key, "installed": True}}
+    return {"units": [], "qdrant": {"port": port, "api_key": key, "installed": True}}
 
 
 def test_canary_writes_reads_and_deletes_a_scratch_collection(qdrant):
