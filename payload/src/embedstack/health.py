@@ -70,11 +70,11 @@ def params_for(host: Host) -> dict[str, Any]:
             "dimension": dimension,
             "api_key": first_key(host.vars.get("embedding_service_api_keys")),
         }
-        if host.vars.get("embedding_service_tls_cert"):  # where the embedding_service role writes it
+        if host.gateway_tls:  # the certificate is where the embedding_service role writes it
             config_dir = host.vars.get("embedding_service_config_dir", "/etc/embedstack")
             params["gateway"]["tls"] = {"cert": f"{config_dir}/tls-cert.pem", "name": host.address}
     if "qdrant" in host.groups:
-        installed = str(host.vars.get("qdrant_install_binary", True)).lower() not in ("false", "no", "0")
+        installed = truthy(host.vars.get("qdrant_install_binary", True))
         if installed:
             units.append("qdrant.service")
         params["qdrant"] = {

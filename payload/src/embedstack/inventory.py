@@ -40,6 +40,11 @@ class Host:
         return int(self.vars.get("embedding_service_port", GATEWAY_PORT))
 
     @property
+    def gateway_tls(self) -> bool:
+        """The embedding_service role serves HTTPS when it is given a certificate."""
+        return bool(self.vars.get("embedding_service_tls_cert"))
+
+    @property
     def qdrant_port(self) -> int:
         return int(self.vars.get("qdrant_http_port", QDRANT_HTTP_PORT))
 

@@ -21,7 +21,8 @@ def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:
         "Embedder Provider": "OpenAI Compatible",
         # A load balancer's address (GCP) wins over the first host's.
         "Base URL": str(
-            gw.vars.get("embedstack_gateway_url") or f"{gateway_scheme(gw)}://{gw.address}:{gw.gateway_port}/v1"
+            gw.vars.get("embedstack_gateway_url")
+            or f"{'https' if gw.gateway_tls else 'http'}://{gw.address}:{gw.gateway_port}/v1"
         ),
         "API Key": first_key(gw.vars.get("embedding_service_api_keys")) or "any-non-empty-text (the gateway is open)",
         "Model": model,
@@ -36,10 +37,6 @@ def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:
         )
         settings["Qdrant API Key"] = str(qd.vars.get("qdrant_api_key", ""))
     return settings, gateway_max_tokens(gw)
-
-
-def gateway_scheme(gw) -> str:
-    return "https" if gw.vars.get("embedding_service_tls_cert") else "http"
 
 
 # The Node.js documentation of the variable (https://nodejs.org/api/cli.html#node_extra_ca_certsfile):

@@ -30,6 +30,8 @@ class ServedModels:
         self.metrics = metrics
         self.cache = EmbeddingCache.from_settings(settings, metrics)
         self.batchers: dict[str, Batcher] = {}
+        # The most tokens any served model takes: longer token-id lists are cut while parsing.
+        self.longest_max_tokens = max(spec.max_tokens for spec in settings.models)
         self._by_name: dict[str, Batcher] = {}
         for spec in settings.models:
             engine = engine_factory(spec, settings)

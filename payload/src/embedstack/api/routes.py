@@ -118,7 +118,7 @@ async def embeddings(request: Request) -> Response:
     served.enter()
     try:
         body = await read_body(request, settings.max_body_bytes)
-        longest = max(s.max_tokens for s in served.specs)
+        longest = served.longest_max_tokens
         parse = functools.partial(
             parse_embeddings_request, max_inputs=settings.max_inputs_per_request, max_tokens=longest
         )

@@ -315,15 +315,8 @@ class UpstreamEngine:
         if len(texts) < 2:
             return {}  # one text's count is the total less the token-id inputs
         try:
-            answers = await asyncio.gather(
-                *(
-                    self._request(
-                        state.upstream, "POST", "/tokenize", {"model": self.model_name, "prompt": inputs[i]}, deadline
-                    )
-                    for i in texts
-                )
-            )
-            counts = {i: int(answer["count"]) for i, answer in zip(texts, answers, strict=True)}
+            found = await asyncio.gather(*(self._token_count(state, inputs[i], deadline) for i in texts))
+            counts = dict(zip(texts, found, strict=True))
         except (_Failed, _DeadlineExceeded, KeyError, TypeError, ValueError):
             return None  # the answer is served anyway, just not cached
         return {i: min(c, limit) for i, c in counts.items()} if truncate else counts
@@ -383,10 +376,7 @@ class UpstreamEngine:
                 count = len(x)
             else:
                 try:
-                    answer = await self._request(
-                        state.upstream, "POST", "/tokenize", {"model": self.model_name, "prompt": x}, deadline
-                    )
-                    count = int(answer["count"])
+                    count = await self._token_count(state, x, deadline)
                 except (_Failed, KeyError, TypeError, ValueError):  # no /tokenize: say what the upstream said
                     break
             if count > limit:
@@ -397,6 +387,13 @@ class UpstreamEngine:
             param="input",
             code="context_length_exceeded",
         )
+
+    async def _token_count(self, state: _UpstreamState, text: str, deadline: float) -> int:
+        """How many tokens vLLM makes of `text` (POST /tokenize; special tokens included, as for embeddings)."""
+        answer = await self._request(
+            state.upstream, "POST", "/tokenize", {"model": self.model_name, "prompt": text}, deadline
+        )
+        return int(answer["count"])
 
     async def _request(self, upstream: Upstream, method: str, path: str, json: dict | None, deadline: float) -> dict:
         remaining = deadline - asyncio.get_running_loop().time()
