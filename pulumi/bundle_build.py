@@ -11,6 +11,7 @@ qdrant beside a copy of inventories/gcp/group_vars, with vars.yml and the secret
     inventories/gcp/…          the repository's GCP group_vars (tier settings), as committed
     wheels/embedstack-<version>-py3-none-any.whl
     wheels/requirements*.txt   the payload wheel and its pins, with and without torch (embedding_service_wheelhouse)
+    wheels/requirements*.lock  ...and the same pins hash-locked, which the role installs (pip --require-hashes)
     vars.yml                   this stack's non-secret settings, rendered from its config
 
 Nothing secret is in it: API keys reach the VMs through the `embedstack-secrets` metadata value.
@@ -266,7 +267,8 @@ def build_bundle(settings: Settings, repo: Path = REPO) -> Bundle:
         entries[name] = (path.read_bytes(), mode)
     wheel_name, wheel = build_wheel(repo / "payload")
     entries[f"wheels/{wheel_name}"] = (wheel, 0o644)
-    for pins in ("requirements.txt", "requirements-upstream.txt"):  # the role picks one by engine
+    # the role picks one pair by engine and installs its lock
+    for pins in ("requirements.txt", "requirements-upstream.txt", "requirements.lock", "requirements-upstream.lock"):
         entries[f"wheels/{pins}"] = ((repo / "payload" / pins).read_bytes(), 0o644)
     rendered = render_vars(settings, wheel_name)
     entries["vars.yml"] = (_yaml(rendered, f"Rendered by pulumi/ from stack {settings.stack!r}; do not edit."), 0o644)

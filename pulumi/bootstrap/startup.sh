@@ -288,7 +288,7 @@ mount_data_disk() {
 }
 
 install_ansible() {
-    local pkgs=() find_links=() wanted
+    local pkgs=() find_links=() wanted want lock
     if [[ -n "${EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV:-}" ]]; then
         log "using the ansible venv $ANSIBLE_VENV (EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV)"
         return 0
@@ -305,8 +305,18 @@ install_ansible() {
     # ansible-core 2.19 needs Python 3.11 on the controller, which here is the VM itself.
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
         die "python3 is $(python3 -V 2>&1); ansible-core $ANSIBLE_CORE_VERSION needs 3.11 (use a Debian 12 or Ubuntu 24.04 based image family)"
+    # The closure comes hash-locked from the bundle (ansible/requirements-bootstrap*.lock, `make lock`), so
+    # every VM of a bundle gets the same files; the core's lock alone when the bundle carries the collections.
     wanted=("ansible-core==$ANSIBLE_CORE_VERSION")
-    [[ -d "$BUNDLE_DIR/collections/ansible_collections" ]] || wanted+=("ansible==$ANSIBLE_VERSION")
+    lock="$BUNDLE_DIR/ansible/requirements-bootstrap-core.lock"
+    if [[ ! -d "$BUNDLE_DIR/collections/ansible_collections" ]]; then
+        wanted+=("ansible==$ANSIBLE_VERSION")
+        lock="$BUNDLE_DIR/ansible/requirements-bootstrap.lock"
+    fi
+    for want in "${wanted[@]}"; do
+        grep -qxF -- "$want \\" "$BUNDLE_DIR"/ansible/requirements-bootstrap*.lock 2>/dev/null ||
+            die "the bundle's ansible/requirements-bootstrap*.lock does not pin $want: regenerate it with make lock"
+    done
     if [[ -x "$ANSIBLE_VENV/bin/ansible-playbook" ]] &&
         "$ANSIBLE_VENV/bin/python" -m pip freeze 2>/dev/null | grep -qxF "ansible-core==$ANSIBLE_CORE_VERSION" &&
         { [[ ${#wanted[@]} == 1 ]] || "$ANSIBLE_VENV/bin/python" -m pip freeze 2>/dev/null | grep -qxF "ansible==$ANSIBLE_VERSION"; }; then
@@ -317,8 +327,8 @@ install_ansible() {
     python3 -m venv "$ANSIBLE_VENV"
     [[ -d "$BUNDLE_DIR/wheels" ]] && find_links=(--find-links "$BUNDLE_DIR/wheels")
     # shellcheck disable=SC2086 # EMBEDSTACK_BOOTSTRAP_PIP_ARGS is a list of words
-    "$ANSIBLE_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        "${find_links[@]}" ${EMBEDSTACK_BOOTSTRAP_PIP_ARGS:-} "${wanted[@]}"
+    "$ANSIBLE_VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+        "${find_links[@]}" ${EMBEDSTACK_BOOTSTRAP_PIP_ARGS:-} -r "$lock"
 }
 
 write_inventory() {
