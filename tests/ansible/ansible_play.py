@@ -49,6 +49,8 @@ def run_play(
     run_env.update(
         {
             "ANSIBLE_ROLES_PATH": str(ROLES),
+            # The unit templates' systemd_hardening filter, for plays that render them without the role
+            "ANSIBLE_FILTER_PLUGINS": str(ROLES / "systemd_hardening" / "filter_plugins"),
             "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
@@ -154,11 +156,12 @@ def unit_settings(unit: str) -> dict[str, list[str]]:
     return settings
 
 
-# The sandbox settings the qdrant and vllm units share; each test adds what its own service needs on top.
+# Settings of the shared hardening block (role systemd_hardening) no unit drops; each test adds what its own
+# service needs on top.
 HARDENED_SERVICE = {
-    "NoNewPrivileges": "yes",
+    "NoNewPrivileges": "true",
     "ProtectSystem": "strict",
-    "ProtectHome": "yes",
-    "PrivateTmp": "yes",
+    "ProtectHome": "true",
+    "PrivateTmp": "true",
     "CapabilityBoundingSet": "",
 }

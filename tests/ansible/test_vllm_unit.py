@@ -216,7 +216,7 @@ def test_unit_is_hardened_but_keeps_the_gpu_devices(rendered: dict) -> None:
     for name in VAR_SETS:
         settings = unit_settings(rendered[name]["service"])
         assert settings["User"] == ["vllm"] and settings["Group"] == ["vllm"]
-        for key, value in (*HARDENED_SERVICE.items(), ("PrivateDevices", "no")):
+        for key, value in (*HARDENED_SERVICE.items(), ("PrivateDevices", "false")):
             assert settings[key] == [value], key
         assert settings["ReadWritePaths"] == ["/var/lib/vllm"]
         assert "Environment=HF_HOME=/var/lib/vllm/huggingface" in rendered[name]["service"].splitlines()

@@ -56,7 +56,13 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tasks": [{"name": "Render the templates", "ansible.builtin.debug": {"msg": renders}}],
     }
     (tmp / "play.yml").write_text(json.dumps([play]))
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        # the unit's shared hardening block, rendered without loading the role that carries the filter
+        "ANSIBLE_FILTER_PLUGINS": str(REPO / "roles" / "systemd_hardening" / "filter_plugins"),
+    }
     result = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "play.yml"],
         cwd=tmp,

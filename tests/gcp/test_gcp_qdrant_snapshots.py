@@ -5,6 +5,7 @@ failure exits non-zero and keeps it."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from standins.base import tls_context
 from standins.gcs import GcsStandin
 from standins.qdrant import QdrantSnapshotStandin
 
@@ -45,7 +47,7 @@ def run_upload(qdrant, metadata, storage_url: str, config: Path, **extra: str) -
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "QDRANT_SNAPSHOTS_BUCKET": BUCKET,
         "QDRANT_SNAPSHOTS_PREFIX": "qdrant/",
-        "QDRANT_SNAPSHOTS_QDRANT_URL": qdrant.url,
+        "QDRANT_SNAPSHOTS_QDRANT_URL": qdrant.url if qdrant is not None else "",
         "QDRANT_SNAPSHOTS_QDRANT_CONFIG": str(config),
         "QDRANT_SNAPSHOTS_METADATA_URL": metadata.url,
         "QDRANT_SNAPSHOTS_STORAGE_URL": storage_url,
@@ -134,3 +136,65 @@ def test_the_role_installs_the_script_and_its_settings_name_every_variable():
     assert "DynamicUser=true" in unit and "Type=oneshot" in unit
     timer = (ROLE / "templates" / "qdrant-snapshots.timer.j2").read_text()
     assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer and "OnCalendar=" in timer
+
+
+def issue(tmp: Path, name: str, ca: tuple | None = None) -> tuple:
+    """A certificate and key under tmp: a CA (ca None) or a leaf it issues for one DNS name, never 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca[0].subject if ca else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    cert = builder.sign(ca[1] if ca else key, hashes.SHA256())
+    (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / f"{name}-key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key, tmp / f"{name}.pem", tmp / f"{name}-key.pem"
+
+
+@pytest.mark.parametrize("served", ["the pinned certificate", "another certificate of the same CA"])
+def test_over_tls_only_the_certificate_qdrant_serves_gets_the_key(served, metadata, gcs, tmp_path):
+    """With service.enable_tls, the script finds Qdrant by its config alone (no URL set) and trusts exactly
+    the config's tls.cert: a sibling certificate from the same CA on that port is refused before any key."""
+    ca = issue(tmp_path, "stack-ca")
+    pinned = issue(tmp_path, "qdrant.internal", ca)
+    impostor = issue(tmp_path, "impostor.internal", ca)
+    _, _, cert, key = pinned if served == "the pinned certificate" else impostor
+    with QdrantSnapshotStandin(API_KEY, size=1024 * 1024 + 3, tls=tls_context(cert, key)) as qdrant:
+        port = int(qdrant.url.rsplit(":", 1)[1])
+        config = tmp_path / "config.yaml"
+        service = {"http_port": port, "enable_tls": True, "api_key": API_KEY}
+        config.write_text(yaml.safe_dump({"service": service, "tls": {"cert": str(pinned[2])}}))
+        gcs.create_bucket(BUCKET)
+        result = run_upload(None, metadata, gcs.url, config)
+        if served == "the pinned certificate":
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert f"https://127.0.0.1:{port}/snapshots" in result.stdout and len(qdrant.deleted) == 1
+        else:
+            assert result.returncode != 0
+            assert "CERTIFICATE_VERIFY_FAILED" in result.stdout + result.stderr, result.stdout + result.stderr
+            assert qdrant.server.log == [], "no request, so no key, reached the impostor"
+
+
+def test_https_without_a_certificate_to_pin_is_named(metadata, gcs, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"service": {"enable_tls": True, "api_key": API_KEY}}))
+    result = run_upload(None, metadata, gcs.url, config)
+    assert result.returncode != 0
+    assert f"{config} names no tls.cert" in result.stdout + result.stderr

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -104,12 +105,13 @@ class QdrantSnapshotStandin:
 
     took = 0.001
 
-    def __init__(self, api_key: str, size: int) -> None:
+    def __init__(self, api_key: str, size: int, tls: ssl.SSLContext | None = None) -> None:
+        """tls: serve HTTPS with that context, as Qdrant does with service.enable_tls."""
         self.api_key, self.size = api_key, size
         self.snapshots: dict[str, bytes] = {}
         self.deleted: dict[str, bytes] = {}  # name → bytes of each deleted snapshot, for the tests
         self.lock = threading.Lock()
-        self.server = StandinServer(_SnapshotHandler, self)
+        self.server = StandinServer(_SnapshotHandler, self, tls=tls)
 
     @property
     def url(self) -> str:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
 
+REPO = Path(__file__).resolve().parents[3]
 GATEWAY_KEY = "molecule-gateway-key-0123456789"
 BRIDGE = "esmol0"
 OUTSIDER = "10.214.0.200"  # a host address outside firewall_admin_cidrs and firewall_client_cidrs
@@ -71,6 +74,24 @@ def test_units_are_active_and_enabled(host):
         service = host.service(unit)
         assert service.is_running, unit
         assert service.is_enabled, unit
+
+
+def test_no_running_unit_is_more_exposed_than_its_threshold(host):
+    """systemd's own score of each loaded unit (drop-ins included) against tests/ansible/fixtures/unit_exposure.yml."""
+    exposure = yaml.safe_load((REPO / "tests/ansible/fixtures/unit_exposure.yml").read_text())
+    upstream = host.ansible.get_variables().get("embedding_service_engine") == "upstream"
+    checked = []
+    for name, entry in exposure.items():
+        if name.startswith("gateway") and (name == "gateway-upstream") != upstream:
+            continue
+        if not host.file(f"/etc/systemd/system/{entry['unit']}").exists:
+            continue
+        report = host.run(f"systemd-analyze security --no-pager {entry['unit']}")
+        found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", report.stdout)
+        assert found, report.stdout + report.stderr
+        assert float(found.group(1)) <= entry["max"], f"{entry['unit']} scores {found.group(1)}:\n{report.stdout}"
+        checked.append(entry["unit"])
+    assert checked, "no service unit found to score"
 
 
 def test_qdrant_unit_is_installed_but_not_started_without_a_binary(host):
