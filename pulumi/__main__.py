@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pulumi
 import pulumi_random as random
-import yaml
 
 import bundle_build
 import config
@@ -19,6 +18,7 @@ from catalog import QDRANT_PORTS
 from components import BundleStore, EmbeddingTier, IndexTier, Network, ServiceAccounts
 from components.project_services import ProjectServices
 from components.snapshots import SnapshotStore
+from components.tls import CertificateAuthority
 from images import check_family, family_image
 
 PROGRAM_DIR = Path(__file__).resolve().parent
@@ -38,16 +38,18 @@ def secret_or_generated(value: pulumi.Output[str] | None, name: str) -> pulumi.O
     """The user's `pulumi config set --secret` value, or a generated one kept in the stack state."""
     if value is not None:
         return pulumi.Output.secret(value)
-    return random.RandomPassword(name, length=40, special=False).result
+    # The provider marks `result` secret already; said here too, so no output can lose it.
+    return pulumi.Output.secret(random.RandomPassword(name, length=40, special=False).result)
 
 
-def secrets_yaml(values: dict[str, pulumi.Output]) -> pulumi.Output[str]:
-    names = list(values)
-    return pulumi.Output.secret(
-        pulumi.Output.all(*values.values()).apply(
-            lambda resolved: yaml.safe_dump(dict(zip(names, resolved, strict=True)), sort_keys=True)
-        )
-    )
+# What Roo Code (Node.js in VS Code) needs to trust the stack's CA; the same advice as
+# `embedstack roo-config` (payload/src/embedstack/roo_config.py, TRUST_NOTE).
+TRUST_CA = (
+    "pulumi stack output ca_certificate > embedstack-ca.pem, then start VS Code with "
+    "NODE_EXTRA_CA_CERTS=/path/to/embedstack-ca.pem in its environment (Node reads it once, at start-up), "
+    "or add the CA to your operating system's trust store. Without it Roo reports a certificate error and "
+    "sends nothing."
+)
 
 
 def main() -> dict[str, object]:
@@ -55,6 +57,12 @@ def main() -> dict[str, object]:
     # Every logical name starts with it; Pulumi's auto-naming appends "-" and 7 characters, and
     # resource_stem keeps it valid in GCE names and distinct per stack.
     prefix = f"es-{config.resource_stem(settings.stack)}"
+    if not settings.tls:
+        pulumi.log.warn(
+            "embedstack:tls is false and embedstack:allow_plaintext is true: the gateway's public address"
+            + (" and Qdrant's" if settings.qdrant_public_ip else "")
+            + " serve plain HTTP, so API keys and code cross the internet in the clear"
+        )
 
     # Both boot image families must exist: looked up now, during preview, before any resource.
     qdrant_project, qdrant_family = settings.qdrant_image.split("/", 1)
@@ -91,6 +99,9 @@ def main() -> dict[str, object]:
     # vars.yml names; the disk snapshot schedule stays in IndexTier.
     snapshots = SnapshotStore(f"{prefix}-qdrant-snapshots", settings, writer=accounts.index.email, opts=after_apis)
 
+    # The stack's own CA, created once; each tier gets a server certificate for its addresses.
+    ca = CertificateAuthority(f"{prefix}-tls", settings) if settings.tls else None
+
     # Metadata the bootstrap reads (pulumi/bootstrap/startup.sh). Secrets ride in
     # embedstack-secrets, per tier, as a Pulumi secret: encrypted in the stack state and never
     # in the bundle or the repository. But metadata is readable by anyone with
@@ -114,11 +125,10 @@ def main() -> dict[str, object]:
             **common,
             "embedstack-tier": "embedding",
             "install-nvidia-driver": "True",
-            "embedstack-secrets": secrets_yaml(
-                {"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key}
-            ),
         },
+        secrets={"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key},
         boot_image=embedding_image,
+        ca=ca,
         opts=after_apis,
     )
     index = IndexTier(
@@ -129,9 +139,10 @@ def main() -> dict[str, object]:
         metadata={
             **common,
             "embedstack-tier": "index",
-            "embedstack-secrets": secrets_yaml({"qdrant_api_key": qdrant_key}),
         },
+        secrets={"qdrant_api_key": qdrant_key},
         boot_image=qdrant_image,
+        ca=ca if settings.qdrant_tls else None,
         opts=after_apis,
     )
 
@@ -184,6 +195,10 @@ def main() -> dict[str, object]:
             index_ssh, " --command 'sudo google_metadata_script_runner startup'"
         ),
     }
+    if ca is not None:
+        # Public: every client needs it to verify the endpoints. Its key never leaves the state.
+        outputs["ca_certificate"] = pulumi.Output.unsecret(ca.cert_pem)
+        outputs["trust_ca"] = TRUST_CA
     if index.public_endpoint is None:
         ports = " ".join(f"-L {p}:localhost:{p}" for p in QDRANT_PORTS)
         outputs["qdrant_tunnel_command"] = pulumi.Output.concat(index_ssh, f" -- -N {ports}")

@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "snapshot_start_time": "03:00",
     "snapshot_retention_days": 14,
     "autoheal_initial_delay_sec": 1800,
+    # HTTPS with the stack's own CA on the gateway, and on Qdrant when qdrant_public_ip is true
+    "tls": True,
+    "tls_dns_names": [],  # extra DNS names in the server certificates, beside their addresses
+    "allow_plaintext": False,  # tls false serves API keys and code in the clear: only on request
 }
 # Secrets: `pulumi config set --secret`; each one left unset is generated (pulumi_random).
 SECRET_KEYS: tuple[str, ...] = ("gateway_api_key", "qdrant_api_key", "vllm_api_key")
@@ -80,6 +84,8 @@ _HOUR_RE = re.compile(r"^([01][0-9]|2[0-3]):00$")
 _PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 _LABEL_BAD_RE = re.compile(r"[^a-z0-9_-]")
 _DLVM_DRIVER_RE = re.compile(r"-nvidia-([0-9]+)$")
+# A host name (RFC 1123 labels, lowercase, at most 253 characters); no wildcards, no trailing dot.
+_DNS_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The longest stack stem kept as it is; "es-<stem>" then leaves room for every suffix the
 # program and Pulumi's auto-naming add (see resource_stem).
 MAX_STEM = 21
@@ -123,10 +129,18 @@ class Settings:
     snapshot_start_time: str
     snapshot_retention_days: int
     autoheal_initial_delay_sec: int
+    tls: bool
+    tls_dns_names: tuple[str, ...]
+    allow_plaintext: bool
 
     @property
     def create_network(self) -> bool:
         return not self.network
+
+    @property
+    def qdrant_tls(self) -> bool:
+        """Qdrant serves HTTPS when it has a public address; inside the VPC (or over the IAP tunnel) it stays HTTP."""
+        return self.tls and self.qdrant_public_ip
 
     @property
     def labels(self) -> dict[str, str]:
@@ -426,6 +440,26 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             "00:00 to 23:00"
         )
 
+    tls = _bool(raw, "tls")
+    allow_plaintext = _bool(raw, "allow_plaintext")
+    if not tls and not allow_plaintext:
+        raise ConfigError(
+            f"{_key('tls')} is false, so the gateway's public load-balancer address (and Qdrant's, with "
+            f"{_key('qdrant_public_ip')}) would carry API keys and code in plain HTTP; allowed: {_key('tls')} true "
+            f"(the default), or {_key('allow_plaintext')} true to accept plain HTTP"
+        )
+    tls_dns_names = tuple(n.lower() for n in _list(raw, "tls_dns_names"))
+    for name in tls_dns_names:
+        if not _DNS_RE.match(name):
+            raise ConfigError(
+                f"{_key('tls_dns_names')} entry {name!r} is not a DNS name; allowed: host names such as "
+                "embed.example.com (lowercase letters, digits, - and ., no wildcard)"
+            )
+    if len(set(tls_dns_names)) != len(tls_dns_names):
+        raise ConfigError(
+            f"{_key('tls_dns_names')} {list(tls_dns_names)!r} lists a name twice; allowed: distinct names"
+        )
+
     return Settings(
         stack=stack,
         project=project,
@@ -459,6 +493,9 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
         snapshot_start_time=snapshot_start_time,
         snapshot_retention_days=_int(raw, "snapshot_retention_days", 1, 365),
         autoheal_initial_delay_sec=_int(raw, "autoheal_initial_delay_sec", 0, 3600),
+        tls=tls,
+        tls_dns_names=tls_dns_names,
+        allow_plaintext=allow_plaintext,
     )
 
 

@@ -5,6 +5,10 @@ A preempted VM is deleted (instanceTerminationAction DELETE) and the group recre
 configures itself from the bundle at boot. Clients only ever see the load balancer's reserved
 address, so their settings survive every preemption. The load balancer's health check and the
 group's autohealing both probe the gateway's /ready, which turns 503 the moment a drain starts.
+
+With embedstack:tls (the default) the gateway serves HTTPS on the same port with a certificate
+from the stack's CA for the reserved address, and both health checks probe over HTTPS (Google's
+checkers do not verify certificates, so none is needed for them).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import pulumi
 import pulumi_gcp as gcp
 
 from catalog import GATEWAY_PORT
+from components.metadata import secrets_yaml
 from components.options import child_options
+from components.tls import CertificateAuthority
 from config import Settings
 
 
@@ -33,12 +39,37 @@ class EmbeddingTier(pulumi.ComponentResource):
         subnetwork: pulumi.Input[str],
         service_account: pulumi.Input[str],
         metadata: Mapping[str, pulumi.Input[str]],
+        secrets: Mapping[str, pulumi.Input[object]],
         boot_image: pulumi.Input[str],
+        ca: CertificateAuthority | None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """`secrets`: the tier's ansible variables for embedstack-secrets; `ca`: HTTPS with its certificate, or None."""
         super().__init__("embedstack:gcp:EmbeddingTier", name, None, opts)
         child = child_options(self, opts)
         s = settings
+
+        # First, because the certificate names it.
+        self.address = gcp.compute.Address(
+            f"{name}-address",
+            description=f"embedstack {s.stack}: the gateway's stable address",
+            region=s.region,
+            address_type="EXTERNAL",
+            network_tier="PREMIUM",
+            labels=s.labels,
+            project=s.project,
+            opts=child,
+        )
+        scheme = "http"
+        if ca is not None:
+            scheme = "https"
+            server = ca.issue(f"{name}-gateway", "embedstack gateway", [self.address.address], parent=self)
+            # The embedding_service role writes the PEM content to its config directory.
+            secrets = {
+                **secrets,
+                "embedding_service_tls_cert": server.cert_pem,
+                "embedding_service_tls_key": server.key_pem,
+            }
 
         self.template = gcp.compute.InstanceTemplate(
             f"{name}-template",
@@ -81,7 +112,7 @@ class EmbeddingTier(pulumi.ComponentResource):
             shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
                 enable_secure_boot=False, enable_vtpm=True, enable_integrity_monitoring=True
             ),
-            metadata=dict(metadata),
+            metadata={**metadata, "embedstack-secrets": secrets_yaml(secrets)},
             labels={**s.labels, "tier": "embedding"},
             project=s.project,
             opts=child,
@@ -95,7 +126,12 @@ class EmbeddingTier(pulumi.ComponentResource):
             timeout_sec=5,
             healthy_threshold=2,
             unhealthy_threshold=6,
-            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready"),
+            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready")
+            if ca is None
+            else None,
+            https_health_check=gcp.compute.HealthCheckHttpsHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready")
+            if ca is not None
+            else None,
             project=s.project,
             opts=child,
         )
@@ -113,7 +149,7 @@ class EmbeddingTier(pulumi.ComponentResource):
                 )
             ],
             target_size=s.target_size,
-            named_ports=[gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name="http", port=GATEWAY_PORT)],
+            named_ports=[gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=scheme, port=GATEWAY_PORT)],
             auto_healing_policies=gcp.compute.RegionInstanceGroupManagerAutoHealingPoliciesArgs(
                 health_check=autoheal_check.id, initial_delay_sec=s.autoheal_initial_delay_sec
             ),
@@ -146,9 +182,14 @@ class EmbeddingTier(pulumi.ComponentResource):
             timeout_sec=4,
             healthy_threshold=2,
             unhealthy_threshold=2,
-            http_health_check=gcp.compute.RegionHealthCheckHttpHealthCheckArgs(
+            http_health_check=gcp.compute.RegionHealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready")
+            if ca is None
+            else None,
+            https_health_check=gcp.compute.RegionHealthCheckHttpsHealthCheckArgs(
                 port=GATEWAY_PORT, request_path="/ready"
-            ),
+            )
+            if ca is not None
+            else None,
             project=s.project,
             opts=child,
         )
@@ -169,16 +210,6 @@ class EmbeddingTier(pulumi.ComponentResource):
             project=s.project,
             opts=child,
         )
-        self.address = gcp.compute.Address(
-            f"{name}-address",
-            description=f"embedstack {s.stack}: the gateway's stable address",
-            region=s.region,
-            address_type="EXTERNAL",
-            network_tier="PREMIUM",
-            labels=s.labels,
-            project=s.project,
-            opts=child,
-        )
         self.forwarding_rule = gcp.compute.ForwardingRule(
             f"{name}-forwarding",
             description=f"embedstack {s.stack}: gateway :{GATEWAY_PORT}",
@@ -193,7 +224,7 @@ class EmbeddingTier(pulumi.ComponentResource):
             project=s.project,
             opts=child,
         )
-        self.endpoint = pulumi.Output.concat("http://", self.address.address, f":{GATEWAY_PORT}/v1")
+        self.endpoint = pulumi.Output.concat(f"{scheme}://", self.address.address, f":{GATEWAY_PORT}/v1")
         self.register_outputs(
             {"endpoint": self.endpoint, "address": self.address.address, "group": self.group.self_link}
         )

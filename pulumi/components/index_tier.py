@@ -10,6 +10,11 @@ old VM and the reserved internal address is in use by it. So the VM is deleted f
 (delete_before_replace). The data disk is `protect`ed: a change that would replace it (zone, type,
 or its source snapshot; all ForceNew in the provider) stops `pulumi preview`/`up` instead of
 deleting the index. pulumi/README.md ("Moving the index") describes the move through a snapshot.
+
+With a public address and embedstack:tls (Settings.qdrant_tls), Qdrant serves REST and gRPC over
+HTTPS with a certificate from the stack's CA for both reserved addresses and 127.0.0.1 (clients
+on the VM itself); without one it is reached inside the VPC or through the IAP
+tunnel, whose SSH transport already encrypts.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import pulumi_gcp as gcp
 
 from bundle_build import QDRANT_DATA_DEVICE
 from catalog import QDRANT_PORTS, boot_disk_type
+from components.metadata import secrets_yaml
 from components.options import child_options
+from components.tls import CertificateAuthority
 from config import Settings
 
 
@@ -31,7 +38,7 @@ class IndexTier(pulumi.ComponentResource):
     snapshot_policy: gcp.compute.ResourcePolicy
     internal_address: gcp.compute.Address
     external_address: gcp.compute.Address | None
-    endpoint: pulumi.Output[str]  # http://<reserved internal address>:6333
+    endpoint: pulumi.Output[str]  # http(s)://<reserved internal address>:6333
     public_endpoint: pulumi.Output[str] | None
 
     def __init__(
@@ -41,9 +48,12 @@ class IndexTier(pulumi.ComponentResource):
         subnetwork: pulumi.Input[str],
         service_account: pulumi.Input[str],
         metadata: Mapping[str, pulumi.Input[str]],
+        secrets: Mapping[str, pulumi.Input[object]],
         boot_image: pulumi.Input[str],
+        ca: CertificateAuthority | None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """`secrets`: the tier's ansible variables for embedstack-secrets; `ca`: HTTPS with its certificate, or None."""
         super().__init__("embedstack:gcp:IndexTier", name, None, opts)
         child = child_options(self, opts)
         s = settings
@@ -70,6 +80,20 @@ class IndexTier(pulumi.ComponentResource):
                 project=s.project,
                 opts=child,
             )
+
+        scheme = "http"
+        if ca is not None:
+            scheme = "https"
+            addresses = [a.address for a in (self.external_address, self.internal_address) if a is not None]
+            server = ca.issue(f"{name}-qdrant", "embedstack qdrant", [*addresses, "127.0.0.1"], parent=self)
+            # The qdrant role writes the PEM content to root:qdrant 0640 files; the snapshot upload
+            # (role qdrant_snapshots) then reaches https://127.0.0.1 and pins that certificate.
+            secrets = {
+                **secrets,
+                "qdrant_enable_tls": True,
+                "qdrant_tls_cert_pem": server.cert_pem,
+                "qdrant_tls_key_pem": server.key_pem,
+            }
 
         self.data_disk = gcp.compute.Disk(
             f"{name}-data",
@@ -151,7 +175,7 @@ class IndexTier(pulumi.ComponentResource):
             shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
                 enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
             ),
-            metadata=dict(metadata),
+            metadata={**metadata, "embedstack-secrets": secrets_yaml(secrets)},
             # A machine-type change stops and starts the VM instead of failing the update.
             allow_stopping_for_update=True,
             labels={**s.labels, "tier": "index"},
@@ -159,9 +183,9 @@ class IndexTier(pulumi.ComponentResource):
             # The old VM holds the disk and the address: it must go before the new one comes.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
-        self.endpoint = pulumi.Output.concat("http://", self.internal_address.address, f":{QDRANT_PORTS[0]}")
+        self.endpoint = pulumi.Output.concat(f"{scheme}://", self.internal_address.address, f":{QDRANT_PORTS[0]}")
         self.public_endpoint = (
-            pulumi.Output.concat("http://", self.external_address.address, f":{QDRANT_PORTS[0]}")
+            pulumi.Output.concat(f"{scheme}://", self.external_address.address, f":{QDRANT_PORTS[0]}")
             if self.external_address is not None
             else None
         )

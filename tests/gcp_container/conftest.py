@@ -25,6 +25,7 @@ class GceProject:
     storage: GcsStandin
     bundle: lab.BuiltBundle
     api_key: str
+    tls: lab.Tls  # the stack's CA and the gateway's certificate; clients verify with tls.context()
     # What one test leaves for the next (they run in file order): the VM and the figures.
     vm: lab.Vm | None = None
     figures: dict[str, Any] = field(default_factory=dict)
@@ -43,7 +44,8 @@ def gce() -> Iterator[GceProject]:
         bundle = lab.build_cpu_bundle()
         lab.prepare_wheelhouse(bundle)
         api_key = "gw-e2e-" + secrets.token_hex(12)  # test-only gateway key
-        attributes = lab.instance_attributes(bundle, api_key)
+        tls = lab.make_tls(lab.VM_IP)
+        attributes = lab.instance_attributes(bundle, api_key, tls)
         with (
             GceMetadataStandin(
                 attributes,
@@ -57,6 +59,6 @@ def gce() -> Iterator[GceProject]:
             ) as storage,
         ):
             storage.put_object(lab.BUCKET, bundle.object_name, bundle.tar_gz)
-            yield GceProject(metadata, storage, bundle, api_key)
+            yield GceProject(metadata, storage, bundle, api_key, tls)
     finally:
         lab.cleanup()

@@ -28,13 +28,16 @@ removes all of it and is safe to call at any time (before a run, for leftovers, 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import re
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -349,14 +352,91 @@ def prepare_wheelhouse(bundle: BuiltBundle) -> Path:
     return WHEELHOUSE
 
 
-def instance_attributes(bundle: BuiltBundle, api_key: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Tls:
+    ca_pem: str
+    cert_pem: str
+    key_pem: str
+
+    def context(self) -> ssl.SSLContext:
+        """What a client that was handed the stack's CA verifies the gateway with."""
+        return ssl.create_default_context(cadata=self.ca_pem)
+
+
+def make_tls(address: str) -> Tls:
+    """The stack's CA and the gateway's certificate for `address`, shaped like those of
+    pulumi/components/tls.py (ECDSA P-256, a CA with cert_signing, a server_auth certificate with the
+    load balancer's address as IP SAN, the key as PKCS#8 PEM), made here with cryptography."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "embedstack e2e CA")])
+    usage = dict.fromkeys(
+        (
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, **usage), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "embedstack gateway")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, **usage), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    return Tls(
+        ca.public_bytes(pem).decode(),
+        cert.public_bytes(pem).decode(),
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
+    )
+
+
+def instance_attributes(bundle: BuiltBundle, api_key: str, tls: Tls) -> dict[str, str]:
     """The embedding template's metadata, as pulumi/components sets it (secrets as YAML)."""
     return {
         "embedstack-bundle": f"gs://{BUCKET}/{bundle.object_name}",
         "embedstack-tier": "embedding",
-        # pulumi/__main__.py: the embedding tier's keys, the gateway's and vLLM's
+        # pulumi/components/embedding_tier.py: the gateway's and vLLM's keys, the gateway's certificate
         "embedstack-secrets": yaml.safe_dump(
-            {"embedding_service_api_keys": [api_key], "vllm_api_key": "vllm-e2e-" + secrets.token_hex(12)}
+            {
+                "embedding_service_api_keys": [api_key],
+                "vllm_api_key": "vllm-e2e-" + secrets.token_hex(12),
+                "embedding_service_tls_cert": tls.cert_pem,
+                "embedding_service_tls_key": tls.key_pem,
+            }
         ),
         "startup-script": STARTUP.read_text(),
         "shutdown-script": SHUTDOWN.read_text(),
@@ -399,7 +479,7 @@ class Vm:
 
     @property
     def url(self) -> str:
-        return f"http://{self.ip}:{GATEWAY_PORT}"
+        return f"https://{self.ip}:{GATEWAY_PORT}"
 
     # lifecycle --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import random
+import ssl
 import sysconfig
 import threading
 import time
@@ -75,6 +76,7 @@ class Traffic:
     dimension: int
     clients: int = CLIENTS
     read_timeout: float = 60.0
+    verify: ssl.SSLContext | bool = True  # the stack's CA, as a client that trusts it
     outcomes: list[Outcome] = field(default_factory=list)
     notice_at: float | None = None  # monotonic time of the preemption notice
 
@@ -127,7 +129,7 @@ class Traffic:
         headers = {"Authorization": f"Bearer {self.api_key}", "api-key": self.api_key}
         timeout = httpx.Timeout(connect=5.0, read=self.read_timeout, write=30.0, pool=5.0)
         seq = 0
-        with httpx.Client(headers=headers, timeout=timeout) as client:
+        with httpx.Client(headers=headers, timeout=timeout, verify=self.verify) as client:
             while not self._stop.is_set():
                 batch = self._batches[(index + seq) % len(self._batches)]
                 body = {"input": batch, "model": self.model, "encoding_format": "base64"}
@@ -186,6 +188,7 @@ class ReadyWatch:
     the port first refuses connections (the gateway process is gone)."""
 
     url: str
+    verify: ssl.SSLContext | bool = True
     interval: float = 0.1
     not_ready_at: float | None = None
     closed_at: float | None = None
@@ -208,7 +211,8 @@ class ReadyWatch:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
-                state = str(httpx.get(self.url + "/ready", timeout=httpx.Timeout(2.0, connect=1.0)).status_code)
+                timeout = httpx.Timeout(2.0, connect=1.0)
+                state = str(httpx.get(self.url + "/ready", timeout=timeout, verify=self.verify).status_code)
             except httpx.HTTPError as exc:
                 state = type(exc).__name__
             if state != last:

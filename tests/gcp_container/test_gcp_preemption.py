@@ -1,7 +1,9 @@
 """End-to-end: a spot VM of the embedding tier bootstraps itself, is preempted under Roo-like
 load without losing a request, and its replacement bootstraps itself again.
 
-Real: a Debian 12 systemd container (privileged LXC) as the VM; pulumi/bootstrap/startup.sh and
+Real: a Debian 12 systemd container (privileged LXC) as the VM, its gateway serving HTTPS with a
+certificate from a test CA as the Pulumi program would hand it over (embedstack-secrets), every
+client verifying it; pulumi/bootstrap/startup.sh and
 shutdown.sh unchanged, fetched from the metadata server by the guest agent stand-in; the bundle
 built by pulumi/bundle_build.py for stack l4 (plus the CPU variant's vars); ansible-core from
 PyPI inside the VM; the roles; the GPU tier's chain, the gateway in front of the real vLLM (its
@@ -63,7 +65,7 @@ def boot(gce: Any, vm: lab.Vm) -> dict[str, float]:
     while time.monotonic() - started < READY_TIMEOUT:
         if ready_at is None:
             try:
-                if httpx.get(vm.url + "/ready", timeout=2).status_code == 200:
+                if httpx.get(vm.url + "/ready", timeout=2, verify=gce.tls.context()).status_code == 200:
                     ready_at = time.monotonic()
             except httpx.HTTPError:
                 pass
@@ -82,16 +84,16 @@ def boot(gce: Any, vm: lab.Vm) -> dict[str, float]:
         pytest.fail(f"{vm.name}: no /ready 200 and finished bootstrap within {READY_TIMEOUT} s:\n{tail}")
     assert ready_at is not None and outcome is not None
     # The gateway may have been restarted by a handler after its first 200: it must be ready now.
-    assert lab.wait_until(lambda: _ready(vm), 120), f"{vm.name}: /ready not 200 after the bootstrap"
+    assert lab.wait_until(lambda: _ready(vm, gce.tls), 120), f"{vm.name}: /ready not 200 after the bootstrap"
     units = ("vllm.service", "embedstack-gateway.service", "embedstack-preempt.service")
     active = vm.attach("systemctl", "is-active", *units)
     assert active.stdout.split() == ["active"] * len(units), active.stdout + vm.journal("-n", "80")
     return {"ready": ready_at - started, "bootstrap": float(outcome[1]), "done": time.monotonic() - started}
 
 
-def _ready(vm: lab.Vm) -> bool:
+def _ready(vm: lab.Vm, tls: lab.Tls) -> bool:
     try:
-        return httpx.get(vm.url + "/ready", timeout=2).status_code == 200
+        return httpx.get(vm.url + "/ready", timeout=2, verify=tls.context()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -145,7 +147,7 @@ def _messages(entries: list[dict[str, Any]], unit: str) -> list[tuple[float, str
 @pytest.mark.timeout(600)
 def test_preemption_under_roo_load_loses_no_request(gce):
     vm = require_vm(gce)
-    traffic = Traffic(vm.url, gce.api_key, MODEL, DIMENSION, clients=CLIENTS).start()
+    traffic = Traffic(vm.url, gce.api_key, MODEL, DIMENSION, clients=CLIENTS, verify=gce.tls.context()).start()
     watch: ReadyWatch | None = None
     try:
         # Steady load first: every client has had a batch embedded (or something went wrong).
@@ -160,7 +162,7 @@ def test_preemption_under_roo_load_loses_no_request(gce):
         assert traffic.count("failure") == 0, [o.detail for o in traffic.outcomes if o.kind == "failure"]
         before = dict(traffic.counts())
 
-        watch = ReadyWatch(vm.url).start()
+        watch = ReadyWatch(vm.url, verify=gce.tls.context()).start()
         off: dict[str, Any] = {}
 
         def acpi_soft_off() -> None:
@@ -284,7 +286,15 @@ def test_recreated_vm_bootstraps_again_and_embeds(gce):
     # A real embedding through the official client, as Roo Code sends it (no retries).
     from openai import OpenAI
 
-    client = OpenAI(base_url=vm.url + "/v1", api_key=gce.api_key, max_retries=0, timeout=60)
+    # Over HTTPS, verified against the stack's CA as Roo Code does with NODE_EXTRA_CA_CERTS.
+    assert vm.url.startswith("https://")
+    client = OpenAI(
+        base_url=vm.url + "/v1",
+        api_key=gce.api_key,
+        max_retries=0,
+        timeout=60,
+        http_client=httpx.Client(verify=gce.tls.context()),
+    )
     texts = [
         "def add(a, b):\n    return a + b",
         "def sum_two(x, y):\n    return x + y",
@@ -296,6 +306,9 @@ def test_recreated_vm_bootstraps_again_and_embeds(gce):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
     assert similar > unrelated + 0.2, (similar, unrelated)
+    # A client without the CA refuses the gateway: the certificate really is checked.
+    with pytest.raises(httpx.ConnectError, match=r"(?i)certificate"):
+        httpx.get(vm.url + "/ready", timeout=5)
     say(f"recreated VM embeds: dim {DIMENSION}, cos(add, sum_two)={similar:.3f} > cos(add, weather)={unrelated:.3f}")
     first = gce.figures.get("first_boot", {})
     pre = gce.figures.get("preemption", {})

@@ -10,7 +10,8 @@ its inputs plus the few outputs a real provider computes (ids, self links, addre
 and keep every registration for the tests to inspect. Where the program could get GCP wrong they
 refuse what GCP refuses (RecordingMocks): names outside GCE's alphabet or taken, a disk type the
 machine series does not take, an image family that does not exist, Compute Engine calls before
-its API is on. Each rule cites the provider file or Google page it comes from.
+its API is on. Each rule cites the provider file or Google page it comes from. pulumi-tls
+resources get real keys and certificates (tls_mocks.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from pulumi_policy.deserialize import deserialize_properties
 
+import tls_mocks
+
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "pulumi"
 if str(PROGRAM) not in sys.path:
@@ -44,7 +47,7 @@ import catalog  # noqa: E402
 import config  # noqa: E402
 from policies import rules  # noqa: E402
 
-__all__ = ["bundle_build", "catalog", "config", "rules"]
+__all__ = ["bundle_build", "catalog", "config", "rules", "tls_mocks"]
 
 with warnings.catch_warnings():
     # pulumi_gcp warns about its own deprecated aliases when a module first loads (lazily, on
@@ -197,6 +200,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         self.resources.append(args)
+        if args.typ in tls_mocks.TYPES:
+            state = tls_mocks.answer(args.typ, deserialize_properties(dict(args.inputs)))
+            self.states[(args.typ, args.name)] = state
+            return f"{args.name}-{state['id']}", state
         state = dict(args.inputs)
         if args.typ == "gcp:projects/service:Service" and state.get("service") == "compute.googleapis.com":
             self.compute_api_on = True
@@ -270,6 +277,7 @@ class StackRun:
     options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)  # logical name → options
     bundle_dir: Path | None = None  # where the program wrote the tarball it uploads
     calls: list[pulumi.runtime.MockCallArgs] = field(default_factory=list)  # provider functions called
+    secret_outputs: set[str] = field(default_factory=set)  # stack outputs Pulumi keeps encrypted
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
         return [r for r in self.resources if r.typ == typ]
@@ -336,7 +344,15 @@ def run_program(
         # Resource options (protect, delete_before_replace) never reach the mocks: record them here.
         pulumi.runtime.register_stack_transformation(record)
         namespace = runpy.run_path(str(PROGRAM / "__main__.py"), run_name="embedstack_program")
-        return pulumi.Output.from_input(namespace["outputs"]).apply(run.outputs.update)
+        outputs = namespace["outputs"]
+
+        async def secret_names() -> set[str]:
+            return {k for k, v in outputs.items() if await pulumi.Output.from_input(v).is_secret()}
+
+        return pulumi.Output.all(
+            pulumi.Output.from_input(outputs).apply(run.outputs.update),
+            pulumi.Output.from_input(asyncio.ensure_future(secret_names())).apply(run.secret_outputs.update),
+        )
 
     try:
         program()

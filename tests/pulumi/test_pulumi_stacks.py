@@ -114,6 +114,8 @@ def test_template_metadata_is_the_bootstrap_contract(stack_run: StackRun) -> Non
     assert metadata["shutdown-script"] == (PROGRAM / "bootstrap" / "shutdown.sh").read_text()
     secrets = yaml.safe_load(metadata["embedstack-secrets"])
     prefix = f"es-{stack_run.stack}"
+    assert secrets.pop("embedding_service_tls_cert").startswith("-----BEGIN CERTIFICATE-----")
+    assert secrets.pop("embedding_service_tls_key").startswith("-----BEGIN PRIVATE KEY-----")
     assert secrets == {
         "embedding_service_api_keys": [f"generated-{prefix}-gateway-key"],
         "vllm_api_key": f"generated-{prefix}-vllm-key",
@@ -138,7 +140,7 @@ def test_group_autoheals_on_ready(stack_run: StackRun) -> None:
     group = stack_run.one(GROUP)
     check_run = next(r for r in stack_run.of_type("gcp:compute/healthCheck:HealthCheck"))
     check = stack_run.one("gcp:compute/healthCheck:HealthCheck")
-    assert check["httpHealthCheck"] == {"port": 8080, "requestPath": "/ready"}
+    assert check["httpsHealthCheck"] == {"port": 8080, "requestPath": "/ready"} and "httpHealthCheck" not in check
     healing = group["autoHealingPolicies"]
     assert healing["healthCheck"] == f"{check_run.name}-mock-id"
     assert healing["initialDelaySec"] == 1800
@@ -164,8 +166,8 @@ def test_load_balancer_with_reserved_address(stack_run: StackRun) -> None:
     group_run = next(r for r in stack_run.of_type(GROUP))
     assert backend["backends"][0]["group"].endswith(f"/{group_run.name}-mock/instanceGroup")
     lb_check = stack_run.one("gcp:compute/regionHealthCheck:RegionHealthCheck")
-    assert lb_check["httpHealthCheck"] == {"port": 8080, "requestPath": "/ready"}
-    assert stack_run.outputs["gateway_endpoint"] == f"http://{lb_ip}:8080/v1"
+    assert lb_check["httpsHealthCheck"] == {"port": 8080, "requestPath": "/ready"} and "httpHealthCheck" not in lb_check
+    assert stack_run.outputs["gateway_endpoint"] == f"https://{lb_ip}:8080/v1"
 
 
 def test_index_vm_is_standard_with_a_snapshotted_persistent_disk(stack_run: StackRun) -> None:
@@ -238,7 +240,7 @@ def test_public_addresses_when_configured(run_stack) -> None:
     assert run.one(TEMPLATE)["networkInterfaces"][0]["accessConfigs"] == [{}]
     external = run.state(ADDRESS, "index-external")
     assert run.one(INSTANCE)["networkInterfaces"][0]["accessConfigs"] == [{"natIp": external["address"]}]
-    assert run.outputs["qdrant_url_for_clients"] == f"http://{external['address']}:6333"
+    assert run.outputs["qdrant_url_for_clients"] == f"https://{external['address']}:6333"
     assert "qdrant_tunnel_command" not in run.outputs
     assert "--tunnel-through-iap" not in run.outputs["ssh_commands"]["index"]
 
