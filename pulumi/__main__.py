@@ -124,7 +124,8 @@ def main() -> dict[str, object]:
         metadata={
             **common,
             "embedstack-tier": "embedding",
-            "install-nvidia-driver": "True",
+            # The DLVM's own first-boot installer; elsewhere the nvidia_driver role installs the driver.
+            **({"install-nvidia-driver": "True"} if settings.image_installs_driver else {}),
         },
         secrets={"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key},
         boot_image=embedding_image,

@@ -184,6 +184,8 @@ def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
         "embedstack_region": settings.region,
         "embedstack_gpu_type": settings.gpu.key,
         "embedstack_machine_type": settings.machine_type,
+        # The embedding tier installs NVIDIA's driver itself unless its image (a Deep Learning VM) does.
+        "embedstack_install_nvidia_driver": not settings.image_installs_driver,
         "embedstack_model_id": model.id,
         "embedstack_model_dimension": model.dimension,
         # Who may connect: SSH from the admin networks (and IAP's forwarders when allowed),

@@ -205,13 +205,18 @@ def boot_disk_type(machine_type: str) -> str:
     return "pd-balanced" if "pd-balanced" in allowed else allowed[0]
 
 
-# Deep Learning VM image family of the embedding tier. From Google's "Choose an image" page
+# Image of the embedding tier: Debian 12, the system every role test boots, with NVIDIA's driver
+# installed by the nvidia_driver role (pulumi/README.md, "The GPU VM's operating system").
+DEFAULT_IMAGE_PROJECT = "debian-cloud"
+DEFAULT_IMAGE_FAMILY = "debian-12"
+# The Deep Learning VM images, still allowed: they install their own driver at first boot (the
+# install-nvidia-driver metadata). From Google's "Choose an image" page
 # (https://cloud.google.com/deep-learning-vm/docs/images, as published April 2026): "Base-cu129
 # (Python 3.12 / Ubuntu 24.04)", supported until August 4, 2028, NVIDIA driver branch 580, which
 # the pinned vLLM (CUDA 13) needs. The CUDA 12.8 families ("-nvidia-570") reached end of patch and
-# support on April 13, 2026, and no "common-cu128-ubuntu-2404" family is listed at all.
-DEFAULT_IMAGE_PROJECT = "deeplearning-platform-release"
-DEFAULT_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
+# support on April 13, 2026.
+DLVM_IMAGE_PROJECT = "deeplearning-platform-release"
+DLVM_IMAGE_FAMILY = "common-cu129-ubuntu-2404-nvidia-580"
 # The lowest NVIDIA driver branch the pinned vLLM's CUDA 13 runs on (CUDA 13 release notes).
 MIN_NVIDIA_DRIVER = 580
 

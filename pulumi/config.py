@@ -22,6 +22,8 @@ from catalog import (
     DEFAULT_IMAGE_PROJECT,
     DISK_TYPES,
     DISK_TYPES_BY_FAMILY,
+    DLVM_IMAGE_FAMILY,
+    DLVM_IMAGE_PROJECT,
     GPUS,
     MIN_NVIDIA_DRIVER,
     MODELS,
@@ -141,6 +143,11 @@ class Settings:
     def qdrant_tls(self) -> bool:
         """Qdrant serves HTTPS when it has a public address; inside the VPC (or over the IAP tunnel) it stays HTTP."""
         return self.tls and self.qdrant_public_ip
+
+    @property
+    def image_installs_driver(self) -> bool:
+        """A Deep Learning VM image installs its NVIDIA driver at first boot; elsewhere the nvidia_driver role does."""
+        return self.image_project == DLVM_IMAGE_PROJECT
 
     @property
     def labels(self) -> dict[str, str]:
@@ -415,11 +422,11 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             "name, or projects/<project>/global/snapshots/<name>"
         )
     driver = _DLVM_DRIVER_RE.search(image_family)
-    if image_project == DEFAULT_IMAGE_PROJECT and driver and int(driver.group(1)) < MIN_NVIDIA_DRIVER:
+    if image_project == DLVM_IMAGE_PROJECT and driver and int(driver.group(1)) < MIN_NVIDIA_DRIVER:
         raise ConfigError(
             f"{_key('image_family')} {image_family!r} carries NVIDIA driver {driver.group(1)}, below the "
             f"{MIN_NVIDIA_DRIVER} that the pinned vLLM (CUDA 13) needs; allowed: a family with driver "
-            f"{MIN_NVIDIA_DRIVER} or newer, such as {DEFAULT_IMAGE_FAMILY}"
+            f"{MIN_NVIDIA_DRIVER} or newer, such as {DLVM_IMAGE_FAMILY}"
         )
     qdrant_deb_url = _text(raw, "qdrant_deb_url")
     if not re.match(r"^https://[^\s]+\.deb$", qdrant_deb_url):

@@ -30,6 +30,8 @@
 #   EMBEDSTACK_BOOTSTRAP_PCI_DEVICES  PCI device directory instead of /sys/bus/pci/devices
 #   EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC most seconds to wait for the NVIDIA driver (default 900)
 #   EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC seconds between nvidia-smi tries (default 5)
+#   EMBEDSTACK_BOOTSTRAP_SYS_MODULE  where loaded kernel modules show (default /sys/module)
+#   EMBEDSTACK_BOOTSTRAP_REBOOT      the reboot command (default systemctl reboot)
 set -euo pipefail
 umask 022
 
@@ -46,11 +48,14 @@ readonly ANSIBLE_VERSION="12.3.0"
 # Device name the Pulumi program gives the index tier's data disk, and where it is mounted.
 readonly DATA_DISK="/dev/disk/by-id/google-qdrant-data"
 readonly DATA_MOUNT="/mnt/disks/qdrant-data"
-# The GPU tier: where NVIDIA GPUs show up, and how long the driver may take to appear (the Deep
-# Learning VM image installs it at first boot, started by the install-nvidia-driver metadata).
+# The GPU tier: where NVIDIA GPUs show up, and how long the driver may take to appear when the image
+# installs it (a Deep Learning VM does at first boot, started by the install-nvidia-driver metadata;
+# on Debian 12 the nvidia_driver role installs it and checks nvidia-smi itself).
 readonly PCI_DEVICES="${EMBEDSTACK_BOOTSTRAP_PCI_DEVICES:-/sys/bus/pci/devices}"
 readonly GPU_WAIT_SEC="${EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC:-900}"
 readonly GPU_POLL_SEC="${EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC:-5}"
+readonly SYS_MODULE="${EMBEDSTACK_BOOTSTRAP_SYS_MODULE:-/sys/module}"
+readonly REBOOT_COMMAND="${EMBEDSTACK_BOOTSTRAP_REBOOT:-systemctl reboot}"
 # apt waits for the dpkg lock (unattended-upgrades often holds it on a first boot) instead of failing.
 readonly APT_LOCK_TIMEOUT=300
 
@@ -123,12 +128,41 @@ nvidia_gpu_present() {
     return 1
 }
 
+# image_installs_driver: 0 when the instance asks its image to install the NVIDIA driver (a Deep Learning VM).
+image_installs_driver() {
+    local value
+    value="$(attribute install-nvidia-driver 2>/dev/null)" || value=""
+    [[ "$value" == [Tt]rue ]]
+}
+
+# reboot_if_nouveau_holds_the_gpu: the nvidia_driver role blacklists nouveau but cannot unload it from
+# the running kernel. When the plays failed with nouveau loaded, reboot once: this script runs again at
+# boot, and the role then finds the GPU free. A second failure with nouveau loaded is left to fail.
+reboot_if_nouveau_holds_the_gpu() {
+    local marker="$ROOT/rebooted-for-nouveau"
+    [[ "$TIER" == embedding && -d "$SYS_MODULE/nouveau" ]] || return 0
+    image_installs_driver && return 0
+    if [[ -e "$marker" ]]; then
+        log "nouveau is still loaded after the reboot for it ($marker): not rebooting again"
+        return 0
+    fi
+    : >"$marker"
+    log "nouveau holds the GPU, so the NVIDIA driver cannot load: rebooting once to apply the role's blacklist"
+    # shellcheck disable=SC2086 # EMBEDSTACK_BOOTSTRAP_REBOOT is a command line
+    $REBOOT_COMMAND
+    exit 0
+}
+
 # wait_for_gpu_driver: on the embedding tier with an NVIDIA GPU, wait (bounded) until nvidia-smi
 # works, so vLLM never starts before the driver. Without a GPU (containers, tests) it returns.
 wait_for_gpu_driver() {
     [[ "$TIER" == embedding ]] || return 0
     if ! nvidia_gpu_present; then
         log "no NVIDIA GPU on the PCI bus ($PCI_DEVICES): not waiting for a driver"
+        return 0
+    fi
+    if ! image_installs_driver; then
+        log "the image installs no NVIDIA driver: the nvidia_driver role installs it with the other roles"
         return 0
     fi
     local started=$SECONDS waited=0 last="nvidia-smi not found"
@@ -371,7 +405,7 @@ run_playbook() {
     # shellcheck disable=SC2086 # EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS is a list of words
     (cd "$BUNDLE_DIR" && "$ANSIBLE_VENV/bin/ansible-playbook" -c local -i "$INVENTORY" \
         --limit "$HOST" --skip-tags provision "${extra[@]}" -e "embedstack_tier=$TIER" \
-        ${EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS:-} ansible/site.yml)
+        ${EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS:-} ansible/site.yml) || return
     log "configured in $((SECONDS - started)) s"
 }
 
@@ -398,7 +432,10 @@ main() {
     fi
     wait_for_gpu_driver
     write_inventory
-    run_playbook
+    if ! run_playbook; then
+        reboot_if_nouveau_holds_the_gpu
+        die "the $GROUP plays of site.yml failed (the log above says where)"
+    fi
     log "done in $((SECONDS - started)) s"
 }
 

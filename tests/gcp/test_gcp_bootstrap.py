@@ -344,6 +344,7 @@ def run_gpu_boot(deployment, tmp_path: Path, pci: Path, bindir: Path, **extra: s
 
 @pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
 def test_the_gpu_tier_waits_for_the_driver_and_says_so_on_the_console(deployment, tmp_path):
+    deployment[0].set_attribute("install-nvidia-driver", "True")  # a Deep Learning VM installs its own
     bindir, calls = fake_nvidia_smi(tmp_path, failures=2)
     result = run_gpu_boot(deployment, tmp_path, fake_pci(tmp_path), bindir)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -357,6 +358,7 @@ def test_the_gpu_tier_waits_for_the_driver_and_says_so_on_the_console(deployment
 
 @pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
 def test_the_wait_for_the_driver_is_bounded_and_names_the_error(deployment, tmp_path):
+    deployment[0].set_attribute("install-nvidia-driver", "True")
     bindir, _ = fake_nvidia_smi(tmp_path, failures=1000)
     result = run_gpu_boot(deployment, tmp_path, fake_pci(tmp_path), bindir, EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC="2")
     assert result.returncode != 0
@@ -393,3 +395,55 @@ def test_apt_waits_for_the_dpkg_lock(deployment, tmp_path):
     assert result.returncode != 0
     calls = record.read_text().splitlines()
     assert calls and all(call.startswith("-o DPkg::Lock::Timeout=300 ") for call in calls), calls
+
+
+@pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
+def test_on_debian_the_roles_install_the_driver_before_vllm_and_nothing_waits(deployment, tmp_path):
+    """The default GPU image (debian-cloud/debian-12) has no driver and no installer of its own: the embedding
+    play installs it (role nvidia_driver) before vLLM's preflight reads it, instead of a boot-time wait."""
+    metadata, gcs = deployment
+    gcs.put_object(BUCKET, OBJECT, make_bundle({**VARS, "embedstack_install_nvidia_driver": True}))
+    bindir, calls = fake_nvidia_smi(tmp_path, failures=1000)
+    result = run_startup(
+        metadata,
+        gcs,
+        tmp_path,
+        stop_after="",
+        PATH=f"{bindir}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+        EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV=str(VENV_BIN.parent),
+        EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS="--list-hosts --list-tasks",
+        EMBEDSTACK_BOOTSTRAP_PCI_DEVICES=str(fake_pci(tmp_path)),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not calls.exists() and "the nvidia_driver role installs it" in result.stdout
+    [embedding_play] = [p for p in result.stdout.split("play #") if "pattern: ['embedding']" in p]
+    install, check = (embedding_play.index(t) for t in ("Install NVIDIA's driver", "NVIDIA driver floor"))
+    assert install < check
+
+
+@pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), reason="needs ansible in the venv")
+def test_a_failure_with_nouveau_loaded_reboots_once(deployment, tmp_path):
+    """nouveau keeps the GPU until a reboot applies the role's blacklist: the first failure reboots (the
+    startup-script runs again at boot), a second one fails for good instead of rebooting forever."""
+    modules = tmp_path / "sys-module"
+    (modules / "nouveau").mkdir(parents=True)
+    rebooted = tmp_path / "rebooted"
+
+    def boot() -> subprocess.CompletedProcess:
+        return run_startup(
+            *deployment,
+            tmp_path,
+            stop_after="",
+            EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV=str(VENV_BIN.parent),
+            EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS="--no-such-option",  # the plays fail
+            EMBEDSTACK_BOOTSTRAP_SYS_MODULE=str(modules),
+            EMBEDSTACK_BOOTSTRAP_REBOOT=f"touch {rebooted}",
+        )
+
+    first = boot()
+    assert first.returncode == 0 and rebooted.exists(), first.stdout + first.stderr
+    assert "rebooting once to apply the role's blacklist" in first.stdout
+    rebooted.unlink()
+    second = boot()
+    assert second.returncode != 0 and not rebooted.exists()
+    assert "not rebooting again" in second.stdout and "plays of site.yml failed" in second.stdout

@@ -259,6 +259,8 @@ def setup_network() -> None:
 # serves the bundled model (offline) and the gateway forwards to it, as on an L4.
 CPU_VARIANT_VARS: dict[str, Any] = {
     "embedstack_gpu": False,
+    # No GPU, so no driver: the nvidia_driver role is proven by tests/ansible/test_nvidia_driver.py instead.
+    "embedstack_install_nvidia_driver": False,
     "vllm_build": "cpu",
     "vllm_wheelhouse": VLLM_WHEELHOUSE_IN_VM,
     "vllm_model": MODEL_IN_VM,

@@ -15,6 +15,7 @@ from stack_mocks import (
     USER_CONFIG,
     GcpError,
     RecordingMocks,
+    bundle_build,
     catalog,
     config,
     run_program,
@@ -42,26 +43,31 @@ def parse(stack: str = "l4", **overrides):
 # -- 7: the image family exists, is checked during preview, and carries driver 580 ----------------
 
 
-def test_default_and_committed_families_exist_with_the_driver_vllm_needs():
-    family = config.DEFAULTS["image_family"]
-    assert family in IMAGE_FAMILIES[config.DEFAULTS["image_project"]]
-    assert family.endswith(f"-nvidia-{catalog.MIN_NVIDIA_DRIVER}")
+def test_the_default_is_debian_12_and_the_documented_dlvm_family_carries_the_driver_vllm_needs():
+    assert (config.DEFAULTS["image_project"], config.DEFAULTS["image_family"]) == ("debian-cloud", "debian-12")
     for stack in ("l4", "a100"):
-        assert stack_file_config(stack)["embedstack:image_family"] in IMAGE_FAMILIES["deeplearning-platform-release"]
-    assert family in README and "common-cu128-ubuntu-2404-nvidia-570" not in README.split("## Config keys")[1]
+        assert "embedstack:image_family" not in stack_file_config(stack), "the committed stacks take the default"
+    assert catalog.DLVM_IMAGE_FAMILY in IMAGE_FAMILIES[catalog.DLVM_IMAGE_PROJECT]
+    assert catalog.DLVM_IMAGE_FAMILY.endswith(f"-nvidia-{catalog.MIN_NVIDIA_DRIVER}")
+    assert catalog.DLVM_IMAGE_FAMILY in README
+    assert "common-cu128-ubuntu-2404-nvidia-570" not in README.split("## Config keys")[1]
 
 
 def test_both_families_are_resolved_during_preview(run_stack):
     run = run_stack("l4")
     looked_up = sorted((c.args["project"], c.args["family"]) for c in run.calls)
-    assert looked_up == [("debian-cloud", "debian-12"), ("deeplearning-platform-release", config.DEFAULT_IMAGE_FAMILY)]
+    # Both tiers boot debian-12: looked up once for each.
+    assert looked_up == [("debian-cloud", "debian-12"), ("debian-cloud", "debian-12")]
 
 
 @pytest.mark.parametrize(
     ("override", "key", "project", "family"),
     [
         (
-            {"embedstack:image_family": "common-cu128-ubuntu-2404-nvidia-580"},
+            {
+                "embedstack:image_project": "deeplearning-platform-release",
+                "embedstack:image_family": "common-cu128-ubuntu-2404-nvidia-580",
+            },
             "embedstack:image_family",
             "deeplearning-platform-release",
             "common-cu128-ubuntu-2404-nvidia-580",
@@ -87,7 +93,32 @@ def test_a_family_that_does_not_exist_fails_naming_key_family_and_project(bundle
 
 def test_a_family_below_the_driver_floor_is_refused():
     with pytest.raises(ConfigError, match=r"embedstack:image_family .*nvidia-570.* driver 570, below the 580"):
-        parse(image_family="common-cu128-ubuntu-2204-nvidia-570")
+        parse(image_project=catalog.DLVM_IMAGE_PROJECT, image_family="common-cu128-ubuntu-2204-nvidia-570")
+
+
+@pytest.mark.parametrize(
+    ("project", "family", "image_installs"),
+    [
+        ("debian-cloud", "debian-12", False),
+        (catalog.DLVM_IMAGE_PROJECT, catalog.DLVM_IMAGE_FAMILY, True),
+    ],
+)
+def test_the_driver_comes_from_the_roles_unless_the_image_installs_it(bundle_dir, project, family, image_installs):
+    """Debian 12: the nvidia_driver role (vars.yml); a Deep Learning VM: its own first-boot installer (metadata)."""
+    cfg = {
+        **stack_file_config("l4"),
+        **USER_CONFIG,
+        "embedstack:image_project": project,
+        "embedstack:image_family": family,
+    }
+    run = run_program("drv", cfg)
+    metadata = run.one("gcp:compute/instanceTemplate:InstanceTemplate")["metadata"]
+    assert ("install-nvidia-driver" in metadata) == image_installs
+    settings = parse(image_project=project, image_family=family)
+    assert (
+        bundle_build.render_vars(settings, "embedstack-1.0.0-py3-none-any.whl")["embedstack_install_nvidia_driver"]
+        is not image_installs
+    )
 
 
 # -- 8: a fresh project: the APIs are enabled first and never disabled ---------------------------
@@ -151,9 +182,9 @@ def test_on_a_fresh_project_the_image_is_checked_once_compute_is_enabled(bundle_
     run = run_program("fresh", cfg, fresh_project=True)
     families = [c.args["family"] for c in run.calls]
     # Refused while the API was off, then checked again after the Service was created.
-    assert families.count(config.DEFAULT_IMAGE_FAMILY) == 2 and families.count("debian-12") == 2
+    assert families.count("debian-12") == 4  # both tiers, refused and then checked again
     assert run.one("gcp:compute/instanceTemplate:InstanceTemplate")["disks"][0]["sourceImage"] == (
-        f"projects/deeplearning-platform-release/global/images/family/{config.DEFAULT_IMAGE_FAMILY}"
+        "projects/debian-cloud/global/images/family/debian-12"
     )
     with pytest.raises(Exception, match=r"family/no-such-family' was not found"):
         run_program("fresh2", {**cfg, "embedstack:image_family": "no-such-family"}, fresh_project=True)

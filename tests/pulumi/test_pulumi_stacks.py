@@ -67,9 +67,7 @@ def test_machine_type_carries_the_stack_gpu(stack_run: StackRun) -> None:
     # A2/G2 machine types bring their GPUs; listing guest accelerators too is an API error.
     assert not template.get("guestAccelerators")
     disk = template["disks"][0]
-    assert disk["sourceImage"] == (
-        f"projects/deeplearning-platform-release/global/images/family/{config['embedstack:image_family']}"
-    )
+    assert disk["sourceImage"] == "projects/debian-cloud/global/images/family/debian-12"
     assert disk["diskSizeGb"] == config["embedstack:boot_disk_gb"]
 
 
@@ -109,7 +107,8 @@ def test_template_metadata_is_the_bootstrap_contract(stack_run: StackRun) -> Non
     assert metadata["embedstack-bundle"] == f"gs://{bucket['name']}/{obj['name']}"
     assert obj["name"].startswith("bundles/embedstack-") and obj["name"].endswith(".tar.gz")
     assert metadata["embedstack-tier"] == "embedding"
-    assert metadata["install-nvidia-driver"] == "True"
+    # Debian 12 installs no driver at boot: the roles do (vars.yml), the DLVM's installer stays off.
+    assert "install-nvidia-driver" not in metadata
     assert metadata["startup-script"] == (PROGRAM / "bootstrap" / "startup.sh").read_text()
     assert metadata["shutdown-script"] == (PROGRAM / "bootstrap" / "shutdown.sh").read_text()
     secrets = yaml.safe_load(metadata["embedstack-secrets"])
