@@ -11,9 +11,11 @@ target Python, and merged with python_version markers where the targets differ:
 The existing pins are uv's preferences, so a re-lock moves nothing that need not move (--upgrade does).
 
 torch is the exception: the gateway and vLLM's cpu build pin torch==2.13.0 meaning PyTorch's CPU build
-(2.13.0+cpu), which is not on PyPI (PyPI's Linux torch wheels are CUDA builds). Its hashes are those
-PyPI lists plus those of the +cpu wheels in the local wheel directories (pip's find-links, or
-LOCK_FIND_LINKS), the files `make wheelhouse` copies to the hosts. The embedstack wheel is built
+(2.13.0+cpu), which is not on PyPI (PyPI's Linux torch wheels are CUDA builds). Its hashes are only
+those of the +cpu wheels in the local wheel directories (pip's find-links, or LOCK_FIND_LINKS), the
+files `make wheelhouse` copies to the hosts. Not PyPI's: in hash-checking mode pip prefers a file whose
+index link carries an allowed hash over a local file without one, so PyPI's hashes in the lock would
+make pip take the multi-GB CUDA build; without them a CUDA file can only fail the hash check. The embedstack wheel is built
 locally at every change and is in no lock: the role installs it by name, --no-deps, in its own pip call.
 """
 
@@ -199,15 +201,14 @@ def write_lock(pins: Path) -> None:
         "# file PyPI has for each pinned version (any target Python).",
     ]
     if pins.name in CPU_TORCH:
-        lines.append("# torch: PyPI's files (CUDA builds on Linux) and PyTorch's +cpu wheels from local disk.")
+        lines.append("# torch: PyTorch's +cpu wheels from local disk only, never PyPI's CUDA builds (see tools/lock.py).")
     for line in pins.read_text().splitlines():
         if line.startswith("-r "):
             lines.append(f"-r {Path(line[3:]).with_suffix('.lock')}")
     for req in read_pins(pins):
         name, version = canonicalize_name(req.name), pinned_version(req)
-        hashes = pypi_hashes(name, version)
-        if name == "torch" and pins.name in CPU_TORCH:
-            hashes += local_cpu_torch(version)
+        cpu_torch = name == "torch" and pins.name in CPU_TORCH
+        hashes = local_cpu_torch(version) if cpu_torch else pypi_hashes(name, version)
         if not hashes:
             raise SystemExit(f"{pins}: {name}=={version} has no file on PyPI")
         marker = f" ; {req.marker}" if req.marker else ""
