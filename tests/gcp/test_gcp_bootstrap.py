@@ -326,7 +326,9 @@ def fake_nvidia_smi(tmp_path: Path, failures: int) -> tuple[Path, Path]:
     return bindir, calls
 
 
-def run_gpu_boot(deployment, tmp_path: Path, pci: Path, bindir: Path, **extra: str) -> subprocess.CompletedProcess:
+def run_gpu_boot(
+    deployment, tmp_path: Path, pci: Path, bindir: Path, listing: str = "--list-hosts", **extra: str
+) -> subprocess.CompletedProcess:
     metadata, gcs = deployment
     return run_startup(
         metadata,
@@ -335,7 +337,7 @@ def run_gpu_boot(deployment, tmp_path: Path, pci: Path, bindir: Path, **extra: s
         stop_after="",
         PATH=f"{bindir}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
         EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV=str(VENV_BIN.parent),
-        EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS="--list-hosts",
+        EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS=listing,
         EMBEDSTACK_BOOTSTRAP_PCI_DEVICES=str(pci),
         EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC="1",
         **extra,
@@ -401,19 +403,9 @@ def test_apt_waits_for_the_dpkg_lock(deployment, tmp_path):
 def test_on_debian_the_roles_install_the_driver_before_vllm_and_nothing_waits(deployment, tmp_path):
     """The default GPU image (debian-cloud/debian-12) has no driver and no installer of its own: the embedding
     play installs it (role nvidia_driver) before vLLM's preflight reads it, instead of a boot-time wait."""
-    metadata, gcs = deployment
-    gcs.put_object(BUCKET, OBJECT, make_bundle({**VARS, "embedstack_install_nvidia_driver": True}))
+    deployment[1].put_object(BUCKET, OBJECT, make_bundle({**VARS, "embedstack_install_nvidia_driver": True}))
     bindir, calls = fake_nvidia_smi(tmp_path, failures=1000)
-    result = run_startup(
-        metadata,
-        gcs,
-        tmp_path,
-        stop_after="",
-        PATH=f"{bindir}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
-        EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV=str(VENV_BIN.parent),
-        EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS="--list-hosts --list-tasks",
-        EMBEDSTACK_BOOTSTRAP_PCI_DEVICES=str(fake_pci(tmp_path)),
-    )
+    result = run_gpu_boot(deployment, tmp_path, fake_pci(tmp_path), bindir, listing="--list-hosts --list-tasks")
     assert result.returncode == 0, result.stdout + result.stderr
     assert not calls.exists() and "the nvidia_driver role installs it" in result.stdout
     [embedding_play] = [p for p in result.stdout.split("play #") if "pattern: ['embedding']" in p]
