@@ -15,8 +15,9 @@ torch is the exception: the gateway and vLLM's cpu build pin torch==2.13.0 meani
 those of the +cpu wheels in the local wheel directories (pip's find-links, or LOCK_FIND_LINKS), the
 files `make wheelhouse` copies to the hosts. Not PyPI's: in hash-checking mode pip prefers a file whose
 index link carries an allowed hash over a local file without one, so PyPI's hashes in the lock would
-make pip take the multi-GB CUDA build; without them a CUDA file can only fail the hash check. The embedstack wheel is built
-locally at every change and is in no lock: the role installs it by name, --no-deps, in its own pip call.
+make pip take the multi-GB CUDA build; without them a CUDA file can only fail the hash check.
+The embedstack wheel is built locally at every change and is in no lock: the role installs it by name,
+--no-deps, in its own pip call.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def write_lock(pins: Path) -> None:
         "# file PyPI has for each pinned version (any target Python).",
     ]
     if pins.name in CPU_TORCH:
-        lines.append("# torch: PyTorch's +cpu wheels from local disk only, never PyPI's CUDA builds (see tools/lock.py).")
+        lines.append("# torch: PyTorch's +cpu wheels from local disk only, never PyPI's CUDA builds (tools/lock.py).")
     for line in pins.read_text().splitlines():
         if line.startswith("-r "):
             lines.append(f"-r {Path(line[3:]).with_suffix('.lock')}")
