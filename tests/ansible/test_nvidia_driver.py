@@ -74,15 +74,15 @@ def test_fingerprint_filter_matches_gpg(tmp_path: Path) -> None:
     if shutil.which("gpg") is None:
         pytest.skip("needs gpg")
     home = tmp_path / "gnupg"
-    from standins.nvidia_apt import new_signing_key
+    from standins.nvidia_apt import new_signing_key, stop_gpg_agent
 
-    fingerprint = new_signing_key(home)
-    armored = subprocess.run(
-        ["gpg", "--batch", "--homedir", str(home), "--armor", "--export"], capture_output=True, text=True, check=True
-    ).stdout
-    binary = subprocess.run(
-        ["gpg", "--batch", "--homedir", str(home), "--export"], capture_output=True, check=True
-    ).stdout
+    try:
+        fingerprint = new_signing_key(home)
+        gpg = ["gpg", "--batch", "--homedir", str(home)]
+        armored = subprocess.run([*gpg, "--armor", "--export"], capture_output=True, text=True, check=True).stdout
+        binary = subprocess.run([*gpg, "--export"], capture_output=True, check=True).stdout
+    finally:
+        stop_gpg_agent(home)
     assert role_filters.openpgp_fingerprints(armored) == [fingerprint]
     assert role_filters.openpgp_fingerprints(binary) == [fingerprint]
     assert role_filters.openpgp_fingerprints("<html>404</html>") == []
@@ -281,7 +281,7 @@ def nvidia_packages() -> str:
 def lab(tmp_path_factory: pytest.TempPathFactory):
     if reason := container_skip_reason():
         pytest.skip(reason)
-    from standins.nvidia_apt import build_repository, new_signing_key, serve
+    from standins.nvidia_apt import build_repository, new_signing_key, serve, stop_gpg_agent
 
     work = tmp_path_factory.mktemp("nvidia-driver")
     cleanup()
@@ -311,6 +311,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     finally:
         if server is not None:
             server.close()
+        stop_gpg_agent(work / "gnupg")
         cleanup()
 
 

@@ -183,6 +183,11 @@ def build_repository(root: Path, branches: list[int], gnupg_home: Path) -> None:
     (root / KEY_FILE).write_bytes(public)
 
 
+def stop_gpg_agent(gnupg_home: Path) -> None:
+    """gpg starts an agent per home directory that outlives it: end the one this home started, if any."""
+    subprocess.run(["gpgconf", "--homedir", str(gnupg_home), "--kill", "gpg-agent"], capture_output=True, check=False)
+
+
 def new_signing_key(gnupg_home: Path) -> str:
     """A throwaway signing key in gnupg_home; returns its fingerprint."""
     gnupg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
