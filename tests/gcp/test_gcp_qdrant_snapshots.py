@@ -5,7 +5,6 @@ failure exits non-zero and keeps it."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from standins.base import tls_context
+from standins.base import tls_context, write_certificate
 from standins.gcs import GcsStandin
 from standins.qdrant import QdrantSnapshotStandin
 
@@ -139,33 +138,11 @@ def test_the_role_installs_the_script_and_its_settings_name_every_variable():
 
 
 def issue(tmp: Path, name: str, ca: tuple | None = None) -> tuple:
-    """A certificate and key under tmp: a CA (ca None) or a leaf it issues for one DNS name, never 127.0.0.1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca[0].subject if ca else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-    cert = builder.sign(ca[1] if ca else key, hashes.SHA256())
-    (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / f"{name}-key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert, key, tmp / f"{name}.pem", tmp / f"{name}-key.pem"
+    """A CA (ca None) or a leaf it issues for one DNS name, never 127.0.0.1: (cert, key, cert file, key file)."""
+    files = tmp / f"{name}.pem", tmp / f"{name}-key.pem"
+    issuer = None if ca is None else ca[:2]
+    cert, key = write_certificate(*files, name, [] if ca is None else [name], issuer=issuer, ca=ca is None)
+    return cert, key, *files
 
 
 @pytest.mark.parametrize("served", ["the pinned certificate", "another certificate of the same CA"])

@@ -3,8 +3,6 @@ without it, and the port speaks no plaintext HTTP, so neither keys nor code cros
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import httpx
 import openai
 import pytest
 from gateway_process import API_KEY, MODEL, GatewayProcess
-from standins.base import self_signed_certificate
+from standins.base import self_signed_certificate, write_certificate
 
 
 @pytest.fixture(scope="module")
@@ -57,36 +55,9 @@ def test_the_https_port_answers_no_plaintext_http(tls_gateway):
 
 def ca_signed_pair(tmp: Path, names: list[str]) -> tuple[Path, Path]:
     """A server certificate for `names`, issued by a throw-away CA (as a deployment's would be)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def issue(subject: str, key, issuer: str, issuer_key, ca: bool, sans=None):
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
-    leaf = issue("gateway", key, "embedstack test CA", ca_key, False, sans)
+    ca = write_certificate(tmp / "ca.pem", tmp / "ca-key.pem", "embedstack test CA", ca=True, days=1)
     cert, key_file = tmp / "leaf.pem", tmp / "leaf-key.pem"
-    cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    write_certificate(cert, key_file, "gateway", names, issuer=ca, days=1)
     return cert, key_file
 
 

@@ -197,36 +197,52 @@ def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return context
 
 
-def self_signed_certificate(cert_file: Path, key_file: Path, common_name: str, days: int = 2) -> str:
-    """Write a self-signed CA certificate for localhost/127.0.0.1; returns its SHA-256 fingerprint."""
+def write_certificate(
+    cert_file: Path,
+    key_file: Path,
+    common_name: str,
+    names: Sequence[str] = (),
+    issuer: tuple[Any, Any] | None = None,
+    ca: bool = False,
+    days: int = 2,
+) -> tuple[Any, Any]:
+    """Write a PEM certificate and its key (P-256) for `names` (IP addresses or DNS names), issued by
+    `issuer` (its certificate and key) or self-signed; returns (certificate, key) to issue others with."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+    if names:
+        sans = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
     key_file.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_file.chmod(0o600)
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def self_signed_certificate(cert_file: Path, key_file: Path, common_name: str, days: int = 2) -> str:
+    """Write a self-signed CA certificate for localhost/127.0.0.1; returns its SHA-256 fingerprint."""
+    from cryptography.hazmat.primitives import hashes
+
+    cert, _ = write_certificate(cert_file, key_file, common_name, ["localhost", "127.0.0.1"], ca=True, days=days)
     digest = cert.fingerprint(hashes.SHA256()).hex().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
