@@ -106,7 +106,9 @@ class QdrantSnapshotStandin:
     took = 0.001
 
     def __init__(self, api_key: str, size: int, tls: ssl.SSLContext | None = None) -> None:
-        """tls: serve HTTPS with that context, as Qdrant does with service.enable_tls."""
+        """tls: serve HTTPS with that context, as Qdrant does with `service.enable_tls` and the `tls.cert`/`tls.key`
+        it names: the same port, HTTPS only (https://qdrant.tech/documentation/guides/security/, "TLS";
+        qdrant/qdrant config/config.yaml, `service.enable_tls` and the `tls` section)."""
         self.api_key, self.size = api_key, size
         self.snapshots: dict[str, bytes] = {}
         self.deleted: dict[str, bytes] = {}  # name → bytes of each deleted snapshot, for the tests
