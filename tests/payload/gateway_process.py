@@ -20,7 +20,7 @@ API_KEY = "test-key-0123456789"
 MODEL = "all-minilm-l6-v2"
 # Request fields the bundled model's gateway refuses with 400, and what the message must name.
 BAD_INPUTS = [
-    ({"input": ["fine", ""]}, "input[1]"),
+    ({"input": [[101, 102], []]}, "input[1] is an empty token list"),
     ({"input": []}, "empty"),
     ({"input": [[101, 999999]]}, "input[0]"),
     ({"input": ["x"] * 2049}, "2048"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from embedstack.api.schemas import cap_token_lists
+from embedstack.api.json_bounds import cut_int_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_app_in_process import AUTH, MODEL, start
@@ -17,7 +17,7 @@ KEEP = 5
 
 
 def cut_lists(doc, keep: int):
-    """What cap_token_lists must be equivalent to, on the parsed document."""
+    """What cut_int_arrays must be equivalent to, on the parsed document."""
     if isinstance(doc, list):
         if len(doc) > keep and all(type(x) is int for x in doc):
             return doc[:keep]
@@ -49,13 +49,13 @@ documents = st.recursive(
 @given(documents, st.sampled_from([None, 0, 2]))
 def test_the_cut_body_parses_to_the_document_with_long_int_lists_cut(doc, indent):
     body = orjson.dumps(doc, option=orjson.OPT_INDENT_2 if indent else 0)
-    assert orjson.loads(cap_token_lists(body, KEEP)) == cut_lists(doc, KEEP)
+    assert orjson.loads(cut_int_arrays(body, KEEP)[0]) == cut_lists(doc, KEEP)
 
 
 def test_a_numeric_literal_inside_a_string_is_left_whole():
     code = 'TABLE = "\\\\" + "[' + ", ".join(map(str, range(40))) + ']"'
     body = orjson.dumps({"input": [code, list(range(40))]})
-    assert orjson.loads(cap_token_lists(body, KEEP))["input"] == [code, [0, 1, 2, 3, 4]]
+    assert orjson.loads(cut_int_arrays(body, KEEP)[0])["input"] == [code, [0, 1, 2, 3, 4]]
 
 
 def test_a_list_longer_than_any_model_takes_is_truncated_or_named():

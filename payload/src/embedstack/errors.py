@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+# How much of a value a client sent an error message repeats.
+EXCERPT_CHARS = 64
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """repr(value), cut to its first `limit` characters with how long it was: an error message never
+    grows with what the client sent."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
 
 class EmbedstackError(Exception):
     """Base class: a message a user can act on, and the request field it concerns."""

@@ -50,6 +50,11 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.lone_surrogates = Counter(
+            "embedstack_lone_surrogates_replaced",
+            "Lone UTF-16 surrogates in inputs (a split emoji), embedded as U+FFFD",
+            registry=self.registry,
+        )
         self.ready = Gauge("embedstack_ready", "1 when serving, 0 while starting or draining", registry=self.registry)
         # Embedding cache: a hit is counted by the tier that answered it, a miss only when no tier could.
         self.cache_hits = Counter(

@@ -11,7 +11,7 @@ from embedstack.batcher import Batcher
 from embedstack.config import ModelSpec, Settings
 from embedstack.embedding_cache import EmbeddingCache
 from embedstack.engines import Engine, build_engine
-from embedstack.errors import ModelNotFound
+from embedstack.errors import ModelNotFound, excerpt
 from embedstack.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class ServedModels:
         self.failure: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self.inflight = 0  # embeddings requests between arrival and response
+        self.large_parse = asyncio.Lock()  # one large body is parsed at a time
         self._quiet = asyncio.Event()
         self._quiet.set()
 
@@ -65,7 +66,9 @@ class ServedModels:
             return self._by_name[name]
         except KeyError:
             served = ", ".join(sorted(self.batchers))
-            raise ModelNotFound(f"model {name!r} is not served here; served models: {served}", param="model") from None
+            raise ModelNotFound(
+                f"model {excerpt(name)} is not served here; served models: {served}", param="model"
+            ) from None
 
     async def start(self) -> None:
         """Load every engine; any failure is fatal, because a half-served registry misleads clients."""

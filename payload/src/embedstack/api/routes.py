@@ -59,8 +59,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-# Bodies above this are parsed on a worker thread (a Roo Code batch is ~100 KB, parsed in ~1 ms).
-_PARSE_INLINE_BYTES = 1 << 20
+# Bodies above this are parsed on a worker thread, one at a time (a Roo Code batch is ~100 KB, parsed in
+# ~1 ms inline): a parse holds the GIL only per C call there, and a dozen at once would hold a dozen bodies'
+# objects in memory at once.
+_PARSE_INLINE_BYTES = 256 << 10
 
 
 def _refuse_cut_lists(inputs: list, longest: int, limit: int) -> None:
@@ -122,8 +124,13 @@ async def embeddings(request: Request) -> Response:
         parse = functools.partial(
             parse_embeddings_request, max_inputs=settings.max_inputs_per_request, max_tokens=longest
         )
-        # Off the event loop when large, so /ready and other requests keep being answered meanwhile.
-        req = await asyncio.to_thread(parse, body) if len(body) > _PARSE_INLINE_BYTES else parse(body)
+        if len(body) > _PARSE_INLINE_BYTES:
+            async with served.large_parse:
+                req = await asyncio.to_thread(parse, body)
+        else:
+            req = parse(body)
+        if req.replaced_surrogates:
+            served.metrics.lone_surrogates.inc(req.replaced_surrogates)
         batcher = served.resolve(req.model)
         spec = batcher.engine.spec
         if not settings.truncate:

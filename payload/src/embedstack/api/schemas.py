@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
 import orjson
 
-from embedstack.errors import InvalidInput
+from embedstack.api.json_bounds import Bounds, bound_body
+from embedstack.errors import InvalidInput, excerpt
 
 ENCODING_FORMATS = ("float", "base64")
 # No vocabulary is this large; the bound keeps every id a machine integer for the cache key and the engines.
@@ -22,6 +24,7 @@ class EmbeddingsRequest:
     encoding_format: str
     dimensions: int | None
     input_type: str
+    replaced_surrogates: int = 0  # lone UTF-16 surrogates in the inputs, embedded as U+FFFD
 
 
 def _is_int(x: object) -> bool:
@@ -33,55 +36,11 @@ def _token_list(x: object) -> bool:
     return isinstance(x, list) and set(map(type, x)) <= {int}
 
 
-# Where a list of integers may start: "[" then a digit, after optional whitespace and sign.
-_INT_LIST_START = re.compile(rb"\[\s*-?\d")
-_INT_LIST_CHARS = b"0123456789,- \t\r\n"
-
-
-def cap_token_lists(body: bytes, keep: int) -> bytes:
-    """The body with every JSON array of more than `keep` integers cut to its first `keep`.
-
-    A token-id list longer than any served model takes is truncated, or refused, anyway: cut in the
-    raw bytes, its tail never becomes Python ints (8 MiB of ids would be 1.4 million objects and a
-    second of the event loop). Brackets inside JSON strings are left alone, since a code chunk may
-    hold a long numeric literal: unescaped quotes are counted from one candidate to the next.
-    """
-    if len(body) <= 2 * keep:  # more than `keep` integers take at least 2 * keep bytes
-        return body
-    parts: list[bytes] = []
-    copied = counted = 0
-    in_string = False
-    for match in _INT_LIST_START.finditer(body):
-        start = match.start()
-        end = body.find(b"]", start)
-        if start < copied or end < 0 or end - start <= 2 * keep:
-            continue
-        inner = body[start + 1 : end]
-        if inner.translate(None, _INT_LIST_CHARS) or inner.count(b",") < keep:
-            continue  # not a list of integers, or not a long one
-        # "[" is never inside an escape, so no run of backslashes spans two segments
-        segment = body[counted:start].replace(b"\\\\", b"")
-        in_string ^= (segment.count(b'"') - segment.count(b'\\"')) % 2 == 1
-        counted = start
-        if in_string:
-            continue
-        parts += [body[copied : start + 1], b",".join(inner.split(b",", keep)[:keep]), b"]"]
-        copied = end + 1
-    if not parts:
-        return body
-    parts.append(body[copied:])
-    return b"".join(parts)
-
-
 def parse_embeddings_request(body: bytes, *, max_inputs: int, max_tokens: int | None = None) -> EmbeddingsRequest:
     """max_tokens: the most any served model takes; longer token-id lists are cut to one more
-    than that before they are parsed (see cap_token_lists), so they still read as too long."""
-    if max_tokens is not None:
-        body = cap_token_lists(body, max_tokens + 1)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    than that before they are parsed (api/json_bounds.py), so they still read as too long."""
+    body = bound_body(body, Bounds.for_inputs(max_inputs), None if max_tokens is None else max_tokens + 1)
+    doc, replaced = _loads(body)
     if not isinstance(doc, dict):
         raise InvalidInput("the request body must be a JSON object", code="invalid_json")
 
@@ -96,7 +55,46 @@ def parse_embeddings_request(body: bytes, *, max_inputs: int, max_tokens: int | 
         encoding_format=_parse_choice(doc, "encoding_format", ENCODING_FORMATS),
         dimensions=_parse_dimensions(doc.get("dimensions")),
         input_type=_parse_choice(doc, "input_type", INPUT_TYPES),
+        replaced_surrogates=replaced,
     )
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _loads(body: bytes) -> tuple[object, int]:
+    """The parsed body and how many lone surrogates its strings held (each now U+FFFD).
+
+    orjson refuses a `\\ud83d` escape without its pair; Python's json keeps it, as other
+    OpenAI-compatible servers do. Roo Code sends one whenever its 1,000-unit line cut splits an
+    emoji, so that one case is parsed again by json, and everything else orjson refuses stays a 400.
+    """
+    try:
+        return orjson.loads(body), 0
+    except orjson.JSONDecodeError as exc:
+        if "surrogate in string" not in str(exc):  # an escape; raw surrogate bytes are not UTF-8
+            raise InvalidInput(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    try:
+        doc = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, huge ints
+        raise InvalidInput(f"the request body is not valid JSON: {excerpt(str(exc))}", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        return doc, 0
+    replaced = 0
+    for name, value in doc.items():
+        if isinstance(value, str):
+            doc[name], n = _LONE_SURROGATE.subn("\ufffd", value)
+            replaced += n if name == "input" else 0
+        elif name == "input" and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    value[i], n = _LONE_SURROGATE.subn("\ufffd", item)
+                    replaced += n
+    return doc, replaced
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_input(raw: object, max_inputs: int) -> list[str | list[int]]:
@@ -120,10 +118,9 @@ def _parse_input(raw: object, max_inputs: int) -> list[str | list[int]]:
             code="too_many_inputs",
         )
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            if not item:
-                raise InvalidInput(f"input[{i}] is an empty string", param="input", code="empty_input")
-        elif _token_list(item):
+        if isinstance(item, str):  # "" too: embedded as the model embeds it (README "The API" says why)
+            continue
+        if _token_list(item):
             if not item:
                 raise InvalidInput(f"input[{i}] is an empty token list", param="input", code="empty_input")
             if min(item) < 0 or max(item) >= MAX_TOKEN_ID:  # C speed; the engine checks its own vocabulary
@@ -132,11 +129,11 @@ def _parse_input(raw: object, max_inputs: int) -> list[str | list[int]]:
                     param="input",
                     code="invalid_token_id",
                 )
-        else:
-            raise InvalidInput(
-                f"input[{i}] must be a string or a list of integer token ids, got {type(item).__name__}",
-                param="input",
-            )
+            continue
+        raise InvalidInput(
+            f"input[{i}] must be a string or a list of integer token ids, got {type(item).__name__}",
+            param="input",
+        )
     return items
 
 
@@ -145,7 +142,7 @@ def _parse_choice(doc: dict, name: str, allowed: tuple[str, ...]) -> str:
     if value is None:
         return allowed[0]
     if value not in allowed:
-        raise InvalidInput(f"'{name}' must be one of {', '.join(allowed)}; got {value!r}", param=name)
+        raise InvalidInput(f"'{name}' must be one of {', '.join(allowed)}; got {excerpt(value)}", param=name)
     return value
 
 
@@ -153,5 +150,5 @@ def _parse_dimensions(value: object) -> int | None:
     if value is None:
         return None
     if not _is_int(value) or value < 1:
-        raise InvalidInput(f"'dimensions' must be a positive integer, got {value!r}", param="dimensions")
+        raise InvalidInput(f"'dimensions' must be a positive integer, got {excerpt(value)}", param="dimensions")
     return value

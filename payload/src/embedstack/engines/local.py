@@ -254,6 +254,10 @@ class LocalEngine:
                     )
                 if enc.overflowing:
                     cut.add(i)
+                if not enc.ids:  # "" with a tokenizer that adds no special tokens: nothing to pool
+                    raise InvalidInput(
+                        f"input[{i}] has no tokens for model {self.spec.id!r}", param="input", code="empty_input"
+                    )
                 out[i] = enc.ids
         for i, x in enumerate(inputs):
             if isinstance(x, str):
