@@ -69,6 +69,22 @@ CASES = {
         ("embedding_service_memory_max", "infinity"),
     ),
     "memory_max_set": ({"embedding_service_api_keys": [KEY], "embedding_service_memory_max": "6G"}, ()),
+    "connections_below_requests": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_max_connections": 64},
+        ("embedding_service_max_connections (64)", "embedding_service_max_concurrent_requests (128)"),
+    ),
+    "per_client_above_all": (
+        {"embedding_service_api_keys": [KEY], "embedding_service_max_connections_per_client": 5000},
+        ("embedding_service_max_connections_per_client (5000)",),
+    ),
+    "connections_set": (
+        {
+            "embedding_service_api_keys": [KEY],
+            "embedding_service_max_connections": 4096,
+            "embedding_service_max_connections_per_client": 64,
+        },
+        (),
+    ),
     "cache_on_disk_not_a_boolean": (
         {"embedding_service_api_keys": [KEY], "embedding_service_cache_on_disk": "maybe"},
         ("embedding_service_cache_on_disk",),

@@ -91,6 +91,13 @@ def test_every_unit_has_a_memory_limit(rendered: Path, name: str) -> None:
     assert len(limits) == 1 and limits[0] != "infinity", limits
 
 
+def test_the_gateway_has_a_descriptor_for_every_connection_it_accepts(rendered: Path) -> None:
+    """A flood of connections meets the gateway's cap (a 429), not accept() failing for want of descriptors."""
+    for name in [n for n in UNITS if n.startswith("gateway")]:
+        unit = (rendered / f"{name}.service").read_text()
+        assert re.findall(r"^LimitNOFILE=(\d+)$", unit, re.M) == ["1536"], name  # 1,024 connections + 512
+
+
 def test_the_shared_block_takes_exceptions_and_refuses_what_systemd_would_not():
     import sys
 

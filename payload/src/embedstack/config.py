@@ -77,6 +77,15 @@ class Settings:
     # Embedding requests in flight at once (bodies being read included); beyond it 429 at once. With the body
     # cap this bounds request memory (128 x 8 MiB = 1 GiB); Roo Code sends at most 10 per workspace.
     max_concurrent_requests: int = 128
+    # What a connection may cost before and while its request is read (connection_limits.py): header bytes and
+    # count as nginx bounds them, a deadline from accept to a complete head and one for the body, and
+    # connections in all and per client address; the unit's LimitNOFILE is sized from max_connections.
+    max_header_bytes: int = 32 * 1024
+    max_header_count: int = 100
+    header_timeout: float = 15.0
+    body_timeout: float = 60.0
+    max_connections: int = 1024
+    max_connections_per_client: int = 256
     truncate: bool = True
     max_batch_tokens: int = 8192
     max_wait_ms: float = 0.0  # requests that arrive while a batch runs join the next one anyway
@@ -116,6 +125,12 @@ _ENV_FIELDS = {
     "max_inputs_per_request": int,
     "max_body_bytes": int,
     "max_concurrent_requests": int,
+    "max_header_bytes": int,
+    "max_header_count": int,
+    "header_timeout": float,
+    "body_timeout": float,
+    "max_connections": int,
+    "max_connections_per_client": int,
     "truncate": bool,
     "max_batch_tokens": int,
     "max_wait_ms": float,
@@ -206,6 +221,10 @@ def _check_limits(s: Settings) -> None:
         "max_inputs_per_request",
         "max_body_bytes",
         "max_concurrent_requests",
+        "max_header_bytes",
+        "max_header_count",
+        "max_connections",
+        "max_connections_per_client",
         "max_batch_tokens",
         "max_queue_inputs",
     )
@@ -223,6 +242,19 @@ def _check_limits(s: Settings) -> None:
             raise ConfigError(
                 f"EMBEDSTACK_{name.upper()} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}"
             )
+    if s.max_connections < s.max_concurrent_requests:
+        raise ConfigError(
+            f"EMBEDSTACK_MAX_CONNECTIONS ({s.max_connections}) must be at least EMBEDSTACK_MAX_CONCURRENT_REQUESTS "
+            f"({s.max_concurrent_requests}): every request in flight holds a connection"
+        )
+    if s.max_connections_per_client > s.max_connections:
+        raise ConfigError(
+            f"EMBEDSTACK_MAX_CONNECTIONS_PER_CLIENT ({s.max_connections_per_client}) must be at most "
+            f"EMBEDSTACK_MAX_CONNECTIONS ({s.max_connections})"
+        )
+    for name in ("header_timeout", "body_timeout"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"EMBEDSTACK_{name.upper()} must be above 0 seconds, got {getattr(s, name)}")
     for name in ("drain_seconds", "max_wait_ms", "max_queue_seconds", "max_hold_seconds"):
         if getattr(s, name) < 0:
             raise ConfigError(f"EMBEDSTACK_{name.upper()} must not be negative, got {getattr(s, name)}")

@@ -17,6 +17,7 @@ class EmbedstackError(Exception):
     """Base class: a message a user can act on, and the request field it concerns."""
 
     code = "error"
+    closes_connection = False  # the request's body may be unread: the connection cannot carry another
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
@@ -47,6 +48,20 @@ class AuthenticationFailed(EmbedstackError):
 
 class BodyTooLarge(EmbedstackError):
     code = "request_too_large"
+    closes_connection = True
+
+
+class RequestTimeout(EmbedstackError):
+    """The body did not arrive in time."""
+
+    code = "request_timeout"
+    closes_connection = True
+
+
+class ClientGone(EmbedstackError):
+    """The client closed the connection before its request was read: nobody reads the answer."""
+
+    code = "client_closed_request"
 
 
 class QueueFull(EmbedstackError):

@@ -10,9 +10,11 @@ import socket
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from embedstack.asgi_app import create_app
 from embedstack.config import Settings
+from embedstack.connection_limits import ConnectionLimits, guarded_protocol
 from embedstack.served_models import ServedModels
 
 log = logging.getLogger("embedstack")
@@ -36,6 +38,7 @@ class DrainingServer(uvicorn.Server):
         self.served = served
         self.drain_seconds = drain_seconds
         self._drain_task: asyncio.Task | None = None
+        self._last_accepts: set[asyncio.Task] = set()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is None and not self.should_exit:
@@ -73,7 +76,11 @@ class DrainingServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         for conn in queued:
             conn.setblocking(False)
-            await loop.connect_accepted_socket(self._http_protocol, conn)
+            # ssl=: a TLS client's handshake must not be read as HTTP (uvicorn's own accept passes it too).
+            # Not awaited one by one: a client slow to shake hands must not hold up the others.
+            accepted = loop.create_task(loop.connect_accepted_socket(self._http_protocol, conn, ssl=self.config.ssl))
+            self._last_accepts.add(accepted)
+            accepted.add_done_callback(self._last_accepts.discard)
 
     def _http_protocol(self) -> asyncio.Protocol:
         # What uvicorn's own accept path builds for a connection (uvicorn/server.py, startup)
@@ -100,9 +107,31 @@ def serve(settings: Settings) -> int:
             settings.host,
         )
     app = create_app(settings)
+    server = build_server(settings, app)
+
+    def fatal(exc: BaseException) -> None:
+        server.should_exit = True
+
     served: ServedModels = app.state.served_models
+    served.on_fatal = fatal
+    server.run()
+    if served.failure is not None:
+        return 1
+    return 0 if server.started else 1
+
+
+def build_server(settings: Settings, app: Starlette) -> DrainingServer:
+    """The uvicorn server `serve` runs, with the connection limits; the fast tests run it in-process."""
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+    )
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -113,13 +142,4 @@ def serve(settings: Settings) -> int:
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
-    server = DrainingServer(config, served, settings.drain_seconds)
-
-    def fatal(exc: BaseException) -> None:
-        server.should_exit = True
-
-    served.on_fatal = fatal
-    server.run()
-    if served.failure is not None:
-        return 1
-    return 0 if server.started else 1
+    return DrainingServer(config, app.state.served_models, settings.drain_seconds)

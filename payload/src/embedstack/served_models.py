@@ -50,6 +50,7 @@ class ServedModels:
                 self._by_name[name] = batcher
         self.ready = False
         self.draining = False
+        self.drain_started = asyncio.Event()  # bodies still arriving are answered 503 at once
         self.failure: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self.inflight = 0  # embeddings requests between arrival and response
@@ -98,6 +99,7 @@ class ServedModels:
     async def drain(self, seconds: float) -> None:
         """Stop taking work at once; give accepted work until the deadline to finish."""
         self.draining = True
+        self.drain_started.set()
         self.metrics.ready.set(0)
         deadline = time.monotonic() + seconds
         log.info("draining: /ready is 503, new requests get 503, %d in flight, %.0f s allowed", self.inflight, seconds)

@@ -20,8 +20,11 @@ ERROR_TABLE: dict[type[errors.EmbedstackError], tuple[int, str]] = {
     errors.InvalidInput: (400, "invalid_request_error"),
     errors.AuthenticationFailed: (401, "invalid_request_error"),
     errors.ModelNotFound: (404, "invalid_request_error"),
+    errors.RequestTimeout: (408, "invalid_request_error"),
     errors.BodyTooLarge: (413, "invalid_request_error"),
     errors.QueueFull: (429, "rate_limit_error"),
+    # nginx's code for a request whose client hung up first; nobody reads it, /metrics counts it
+    errors.ClientGone: (499, "invalid_request_error"),
     errors.UpstreamError: (502, "server_error"),
     errors.Unavailable: (503, "server_error"),
     errors.ConfigError: (500, "server_error"),
@@ -55,7 +58,10 @@ async def embedstack_error(request: Request, exc: Exception) -> Response:
     status, type_ = status_of(exc)
     if status >= 500 and status != 503:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return error_response(status, exc.message, type_, exc.code, exc.param, exc.retry_after)
+    response = error_response(status, exc.message, type_, exc.code, exc.param, exc.retry_after)
+    if exc.closes_connection:
+        response.headers["connection"] = "close"
+    return response
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

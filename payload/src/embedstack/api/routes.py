@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from embedstack.api.openapi import openapi_document
 from embedstack.api.schemas import parse_embeddings_request
 from embedstack.batcher import Result
-from embedstack.errors import AuthenticationFailed, BodyTooLarge, InvalidInput, Unavailable
+from embedstack.errors import (
+    AuthenticationFailed,
+    BodyTooLarge,
+    ClientGone,
+    InvalidInput,
+    RequestTimeout,
+    Unavailable,
+)
 from embedstack.served_models import ServedModels
 
 
@@ -46,17 +53,40 @@ def authorize(request: Request, keys: frozenset[str]) -> None:
         raise AuthenticationFailed("incorrect API key provided")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, served: ServedModels) -> bytes:
+    """The body, within the size cap and the body deadline; a drain that starts meanwhile answers 503
+    at once (nothing was accepted yet), and a client that hangs up is a 499, not a server error."""
+    settings = served.settings
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    reading = asyncio.ensure_future(read())
+    draining = asyncio.ensure_future(served.drain_started.wait())
+    try:
+        await asyncio.wait({reading, draining}, timeout=settings.body_timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        draining.cancel()
+        if not reading.done():
+            reading.cancel()
+    if not reading.done() or reading.cancelled():
+        if served.draining:
+            raise Unavailable("the service is draining; retry on another instance", code="draining")
+        raise RequestTimeout(f"the request body did not arrive within {settings.body_timeout:g} s")
+    try:
+        return reading.result()
+    except ClientDisconnect:
+        raise ClientGone("the client closed the connection while sending its request") from None
 
 
 # Bodies above this are parsed on a worker thread, one at a time (a Roo Code batch is ~100 KB, parsed in
@@ -77,8 +107,7 @@ def _refuse_cut_lists(inputs: list, longest: int, limit: int) -> None:
             )
 
 
-# nginx's code for a request whose client hung up first; nobody reads it, /metrics counts it.
-CLIENT_CLOSED_REQUEST = 499
+CLIENT_CLOSED_REQUEST = 499  # see errors.ClientGone
 
 
 async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Result]) -> Result | None:
@@ -119,7 +148,7 @@ async def embeddings(request: Request) -> Response:
     started = time.perf_counter()
     served.enter()
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, served)
         longest = served.longest_max_tokens
         parse = functools.partial(
             parse_embeddings_request, max_inputs=settings.max_inputs_per_request, max_tokens=longest
