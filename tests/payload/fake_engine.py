@@ -44,6 +44,7 @@ class FakeEngine:
         self.fail_next: Exception | None = None
         self.unavailable: str | None = None
         self.batches: list[list[Item]] = []
+        self.prepared: list[int] = []  # inputs of each prepare() call: what went through the "tokenizer"
         self.closed = False
         self.warm_rate: float | None = None  # what startup_rate() reports
 
@@ -68,7 +69,13 @@ class FakeEngine:
     def batch_cost(self, rows: int, longest: int) -> int:
         return rows * longest
 
+    def estimate_cost(self, inputs: list[Input], input_type: str) -> int:
+        prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
+        limit = self.spec.max_tokens
+        return sum(max(1, min(limit, len(token_ids(prefix + x)) if isinstance(x, str) else len(x))) for x in inputs)
+
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
+        self.prepared.append(len(inputs))
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         limit = self.spec.max_tokens
         items = []

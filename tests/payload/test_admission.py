@@ -1,27 +1,46 @@
-"""Admission by time (admission.py), on a clock the test sets: throughput, honest Retry-After,
-refusals spread over time, bookings claimed by the retried request, and expiry."""
+"""Admission by time (admission.py), on a clock the test sets: throughput, work conservation, the
+line held in turns across tenants, honest Retry-After within what clients obey, bookings that keep a
+returning request's place and stay bounded, and the drain."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
-from embedstack.admission import Admission
-from embedstack.errors import QueueFull
+from embedstack.admission import MAX_BOOKINGS, RETRY_AFTER_MAX_SECONDS, Admission
+from embedstack.errors import QueueFull, Unavailable
 
 pytestmark = pytest.mark.fast
 
 
-def measured(rate: float, horizon: float = 10.0) -> Admission:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def measured(rate: float, horizon: float = 10.0, hold: float = 0.0) -> tuple[Admission, Clock]:
     """An Admission whose engine has shown `rate` cost units per second."""
-    admission = Admission(horizon)
+    clock = Clock()
+    admission = Admission(horizon, hold, clock=clock)
     admission.batch_started(now=0.0)
     admission.batch_finished(int(rate), now=1.0)
-    return admission
+    admission.release(0)
+    return admission, clock
 
 
-def refusal(admission: Admission, cost: int, key: object = None, now: float = 1.0) -> int:
+async def refusal(admission: Admission, cost: int, key: object = None, tenant: object = None) -> int:
     with pytest.raises(QueueFull) as refused:
-        admission.admit(cost, key, now=now)
+        await admission.acquire(cost, key, tenant)
     return refused.value.retry_after
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
 
 
 def test_throughput_counts_engine_time_only_and_concurrent_batches_once():
@@ -36,49 +55,194 @@ def test_throughput_counts_engine_time_only_and_concurrent_batches_once():
 
 
 def test_before_any_measurement_requests_are_admitted():
-    admission = Admission(1.0)
-    admission.admit(10_000, now=0.0)
-    admission.admit(10_000, now=0.0)
-    assert admission.queued_cost == 20_000
+    async def main():
+        admission = Admission(1.0)
+        await admission.acquire(10_000)
+        await admission.acquire(10_000)
+        return admission.queued_cost
+
+    assert asyncio.run(main()) == 20_000
 
 
 def test_admits_within_the_horizon_and_retry_after_is_the_honest_wait():
-    admission = measured(rate=100.0, horizon=10.0)
-    admission.admit(900, now=1.0)  # 9 s of work
-    admission.admit(100, now=1.0)  # exactly 10 s
-    assert refusal(admission, 250) == 3  # (1000 + 250) / 100 - 10 = 2.5 s, rounded up
-    admission.release(900)  # the first request was answered
-    admission.admit(250, "again", now=2.0)
-    assert admission.queued_cost == 350
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=10.0)
+        await admission.acquire(900)  # 9 s of work
+        await admission.acquire(100)  # exactly 10 s
+        waited = await refusal(admission, 250)  # (1000 + 250) / 100 - 10 = 2.5 s, rounded up
+        admission.release(900)  # the first request was answered
+        await admission.acquire(250, "again")
+        return waited, admission.queued_cost
+
+    assert asyncio.run(main()) == (3, 350)
 
 
 def test_an_empty_queue_admits_a_request_larger_than_the_horizon():
-    admission = measured(rate=10.0, horizon=1.0)
-    admission.admit(500, now=1.0)
-    assert admission.queued_cost == 500
+    async def main():
+        admission, _ = measured(rate=10.0, horizon=1.0)
+        await admission.acquire(500)
+        return admission.queued_cost
+
+    assert asyncio.run(main()) == 500
+
+
+def test_refusals_whose_clients_never_return_do_not_keep_an_idle_engine_from_work():
+    """Roo Code's full-URL path never reads Retry-After: its refusals must not fence off the room."""
+
+    async def main():
+        admission, clock = measured(rate=100.0, horizon=10.0)
+        await admission.acquire(1000)  # the horizon is full
+        for i in range(20):
+            await refusal(admission, 500, key=f"never-back-{i}")
+        admission.release(1000)  # the engine is idle again
+        clock.now += 1
+        for i in range(10):  # ten newcomers of 1 s each fill the horizon: all admitted at once
+            await admission.acquire(100, key=f"new-{i}")
+        return admission.queued_cost
+
+    assert asyncio.run(main()) == 1000
 
 
 def test_a_burst_of_refusals_is_spread_by_each_requests_own_work():
-    admission = measured(rate=100.0, horizon=10.0)
-    admission.admit(1000, now=1.0)  # the horizon is full
-    waits = [refusal(admission, 100, key=i) for i in range(10)]
-    assert waits == list(range(1, 11))  # one second of work apart, not all at once
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=10.0)
+        await admission.acquire(1000)  # the horizon is full
+        return [await refusal(admission, 100, key=i) for i in range(10)]
+
+    assert asyncio.run(main()) == list(range(1, 11))  # one second of work apart, not all at once
 
 
-def test_a_returning_request_claims_its_booking_ahead_of_new_ones():
-    admission = measured(rate=100.0, horizon=10.0)
-    admission.admit(1000, now=1.0)
-    assert refusal(admission, 500, key="roo-batch-7") == 5
-    admission.release(600)  # 6 s of work done by the time the client returns
-    assert refusal(admission, 300, key="newcomer", now=7.0) == 2  # (400 + 500 booked + 300) / 100 - 10
-    admission.admit(500, "roo-batch-7", now=7.0)  # its room was kept
-    assert admission.queued_cost == 900
+def test_retry_after_stays_below_the_60_s_openai_node_obeys():
+    async def main():
+        admission, _ = measured(rate=10.0, horizon=1.0)
+        await admission.acquire(10)
+        return await refusal(admission, 100_000, key="huge")
+
+    assert asyncio.run(main()) == RETRY_AFTER_MAX_SECONDS
 
 
-def test_unclaimed_bookings_expire():
-    admission = measured(rate=100.0, horizon=10.0)
-    admission.admit(1000, now=1.0)
-    assert refusal(admission, 500, key="gone") == 5
-    admission.release(1000)
-    assert refusal(admission, 1000, key="newcomer", now=2.0) == 5  # (0 + 500 + 1000) / 100 - 10
-    admission.admit(1000, "later", now=12.5)  # past both slots and their grace: nothing booked any more
+def test_a_request_beyond_the_horizon_is_held_in_line_and_admitted_when_room_comes():
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=10.0, hold=30.0)
+        await admission.acquire(1000)
+        held = asyncio.create_task(admission.acquire(300, "held"))
+        await settle()
+        waiting = not held.done() and admission.waiting == 1
+        admission.release(400)  # 4 s of work done: room for it
+        await held
+        return waiting, admission.queued_cost
+
+    assert asyncio.run(main()) == (True, 900)
+
+
+def test_tenants_take_turns_in_the_line():
+    """One key's backlog of held requests does not stand before another key's first request."""
+
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=1.0, hold=60.0)
+        await admission.acquire(100)
+        order: list[str] = []
+
+        async def request(name: str, tenant: str) -> None:
+            await admission.acquire(100, name, tenant)
+            order.append(name)
+
+        tasks = [asyncio.create_task(request(f"a{i}", "key-a")) for i in range(5)]
+        await settle()
+        tasks.append(asyncio.create_task(request("b0", "key-b")))
+        await settle()
+        for _ in range(6):
+            admission.release(100)
+            await settle()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(main())[:3] == ["a0", "b0", "a1"]
+
+
+def test_a_returning_request_keeps_the_place_of_its_first_arrival():
+    async def main():
+        admission, clock = measured(rate=100.0, horizon=1.0, hold=5.0)
+        await admission.acquire(100)
+        # 6 s of work held in line, then a refusal: its turn is beyond the 5 s hold
+        line = [asyncio.create_task(admission.acquire(100, f"held-{i}")) for i in range(5)]
+        await settle()
+        early = await refusal(admission, 100, key="roo-batch-7")
+        for _ in range(2):  # two of the line are admitted meanwhile
+            admission.release(100)
+            await settle()
+        clock.now += 2
+        late = asyncio.create_task(admission.acquire(100, "newcomer"))
+        await settle()
+        back = asyncio.create_task(admission.acquire(100, "roo-batch-7"))  # came back after the newcomer
+        await settle()
+        admitted: list[str] = []
+        for name, task in (("newcomer", late), ("roo-batch-7", back)):
+            task.add_done_callback(lambda _, n=name: admitted.append(n))
+        for _ in range(8):
+            admission.release(100)
+            await settle()
+        await asyncio.gather(*line, late, back)
+        return early, admitted
+
+    early, admitted = asyncio.run(main())
+    assert early >= 1
+    assert admitted == ["roo-batch-7", "newcomer"]
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_distinct_refused_requests_costs_constant_work_each():
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=1.0)
+        await admission.acquire(1000)
+        started = time.perf_counter()
+        for i in range(30_000):
+            await refusal(admission, 100, key=f"flood-{i}", tenant=f"key-{i % 7}")
+        return time.perf_counter() - started, len(admission._bookings)
+
+    seconds, booked = asyncio.run(main())
+    assert booked <= MAX_BOOKINGS
+    assert seconds < 10, f"{seconds:.1f} s for 30,000 refusals"  # quadratic: minutes
+
+
+def test_unclaimed_bookings_expire_and_stop_spreading_newcomers():
+    async def main():
+        admission, clock = measured(rate=100.0, horizon=10.0)
+        await admission.acquire(1000)
+        first = await refusal(admission, 500, key="gone")
+        second = await refusal(admission, 500, key="next")
+        clock.now += 300  # long past both turns and their grace
+        third = await refusal(admission, 500, key="later")
+        return first, second, third
+
+    first, second, third = asyncio.run(main())
+    assert second > first and third == first
+
+
+def test_a_drain_answers_held_requests_at_once_and_refuses_new_ones():
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=1.0, hold=60.0)
+        await admission.acquire(100)
+        held = asyncio.create_task(admission.acquire(100, "held"))
+        await settle()
+        admission.drain()
+        with pytest.raises(Unavailable):
+            await held
+        with pytest.raises(Unavailable):
+            await admission.acquire(1)
+
+    asyncio.run(main())
+
+
+def test_a_held_request_whose_client_leaves_gives_its_place_back():
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=1.0, hold=60.0)
+        await admission.acquire(100)
+        gone = asyncio.create_task(admission.acquire(100, "gone"))
+        await settle()
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        admission.release(100)
+        return admission.waiting, admission.queued_cost
+
+    assert asyncio.run(main()) == (0, 0)

@@ -196,6 +196,9 @@ class StuckEngine:
     def __init__(self, spec):
         self.spec = spec
 
+    def estimate_cost(self, inputs, input_type):
+        return len(inputs)
+
     async def prepare(self, inputs, *, truncate, input_type):
         return [Item(payload=inputs, cost=len(inputs), inputs=len(inputs))]
 
@@ -250,6 +253,27 @@ def test_work_beyond_the_horizon_is_refused_with_the_estimated_wait_and_the_queu
     assert asyncio.run(main()) == (10, 0, 0)  # (8 + 100) / 10 - 1 = 9.8 s
 
 
+def test_a_request_that_will_be_refused_costs_no_tokenizer_time():
+    async def main():
+        eng = engine()
+        eng.hold = asyncio.Event()
+        batcher = batcher_for(eng)
+        batcher.admission.rate, batcher.admission.max_queue_seconds = 10.0, 1.0
+        try:
+            admitted = embed(batcher, ["w " * 8])
+            await settle()
+            for _ in range(50):
+                with pytest.raises(QueueFull):
+                    await batcher.embed(["w " * 100] * 4, truncate=True, input_type="document")
+            eng.hold.set()
+            await admitted
+            return eng.prepared
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == [1]  # only the admitted request was tokenized
+
+
 def overloaded(hold: float, rate: float, horizon: float) -> tuple[FakeEngine, Batcher]:
     eng = engine()
     eng.hold = asyncio.Event()
@@ -290,7 +314,8 @@ def test_a_wait_longer_than_the_hold_limit_is_a_429_with_that_wait():
         finally:
             await batcher.close()
 
-    assert asyncio.run(main()) == 4  # (8 + 30) / 10 - 0.5 = 3.3 s, more than the 2 s the gateway holds
+    # (8 + 30) / 10 - 0.5 = 3.3 s, more than the 2 s the gateway holds: back in 1.3 s, the gateway holds the rest
+    assert asyncio.run(main()) == 2
 
 
 def test_a_drain_answers_held_requests_503_at_once_they_were_never_admitted():

@@ -145,3 +145,21 @@ def test_a_tls_client_in_the_last_instant_of_a_drain_gets_a_503_over_tls(tmp_pat
             tls.sendall(request_bytes(BODY))
             answer = read_answer(tls)
         assert status_of(answer) == 503 and b"connection: close" in answer.lower()
+
+
+def test_one_key_holding_every_slot_leaves_room_for_another_key():
+    key_a, key_b = "tenant-a-key-0123456789", "tenant-b-key-0123456789"
+    env = {"EMBEDSTACK_API_KEYS": f"{key_a},{key_b}", "EMBEDSTACK_MAX_CONCURRENT_REQUESTS": "8"}
+    with in_process_gateway(**env) as gw:
+        uploads = []
+        for _ in range(8):  # key A starts 8 uploads and sends one byte of each body
+            conn = gw.connect()
+            conn.sendall(request_bytes(BODY, key=key_a)[: -len(BODY) + 1])
+            uploads.append(conn)
+        time.sleep(0.3)
+        answer = httpx.post(gw.url + "/v1/embeddings", content=BODY, headers={"Authorization": f"Bearer {key_b}"})
+        assert answer.status_code == 200, answer.text
+        more = httpx.post(gw.url + "/v1/embeddings", content=BODY, headers={"Authorization": f"Bearer {key_a}"})
+        assert more.status_code == 429 and "its share" in more.json()["error"]["message"]
+        for conn in uploads:
+            conn.close()

@@ -1,42 +1,70 @@
-"""Admission by time: a request is admitted when the work ahead of it, plus itself, is estimated
-to finish within the horizon (max_queue_seconds), at the throughput the engine has shown.
+"""Admission by time, work-conserving: a request is admitted as soon as the work ahead of it, plus
+itself, is estimated to finish within the horizon (max_queue_seconds) at the throughput the engine
+has shown. An engine with room never refuses.
 
-A refused request books the next free slot and is told when that is (Retry-After). A later
-refusal books the slot after it, so a burst of refusals comes back spread out, each when there
-is room for it, instead of all at once to be refused again. A returning request is known by its
-content (the same body is sent again) and admitted against the room it booked; new requests
-queue behind every booking. Bookings that are not claimed expire.
+A request that does not fit waits in line, if its turn is expected within max_hold_seconds: the
+gateway holds it instead of answering 429, so clients that never read Retry-After (Roo Code's
+full-URL path) lose no attempt. The line is served in turns across tenants (API keys, or client
+addresses when the gateway is open), so one tenant's backlog does not stand before another's
+first request; within a tenant, first come first served.
+
+A request whose turn is further away is refused (429) with a Retry-After of when it could be held
+and admitted, spread by the requests refused before it, and at most 59 s: openai-node ignores
+longer values and falls back to its own back-off of 0.5 to 8 s. The refusal is remembered by the
+request's content (a retry sends the same body): when it returns it keeps the place of its first
+arrival. Bookings never reserve room, they expire, and there are at most MAX_BOOKINGS of them, so
+a flood of refused requests costs constant work each.
 
 With the horizon inside the drain budget, everything admitted can also finish before a drain
-deadline: admission, Retry-After and the drain are one budget.
+deadline: admission, Retry-After and the drain are one budget. Held requests were never
+admitted, so a drain answers them 503 at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import heapq
+import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from embedstack.errors import QueueFull
+from embedstack.errors import QueueFull, Unavailable
 
 # How quickly the throughput estimate follows a change, in seconds of engine work.
 _RATE_MEMORY_SECONDS = 10.0
 # Work observed before an estimate replaces the previous one: short batches measure noise.
 _MIN_SAMPLE_SECONDS = 0.05
-# How long past its slot a booking waits for its request (clients add their own delays).
-_BOOKING_GRACE_SECONDS = 5.0
+# How long past its expected turn a refused request is remembered (clients add their own delays).
+_BOOKING_GRACE_SECONDS = 30.0
+# Remembered refusals, in all and per tenant: beyond them a refusal is still answered, just not remembered.
+MAX_BOOKINGS = 1024
+_MAX_BOOKINGS_PER_TENANT = MAX_BOOKINGS // 4
+# openai-node honours Retry-After only below 60 s (src/client.ts, v5.12.2); the Python SDK up to 60 s.
+RETRY_AFTER_MAX_SECONDS = 59
 
 
 @dataclass(slots=True)
 class _Booking:
-    slot: float  # monotonic time from which the request is expected to fit
+    since: float  # when the request first arrived: its place in line when it returns
     cost: int
+    tenant: object
     expires: float
 
 
+@dataclass(slots=True)
+class _Waiter:
+    cost: int
+    since: float
+    future: asyncio.Future = field(repr=False)
+
+
 class Admission:
-    def __init__(self, max_queue_seconds: float):
+    def __init__(self, max_queue_seconds: float, max_hold_seconds: float = 0.0, clock=time.monotonic):
         self.max_queue_seconds = max_queue_seconds
+        self.max_hold_seconds = max_hold_seconds
+        self.clock = clock
         self.rate: float | None = None  # cost units per second of engine work, once measured
         self.queued_cost = 0  # admitted and not yet answered
         self._running = 0
@@ -44,50 +72,89 @@ class Admission:
         self._sample_cost = 0
         self._sample_seconds = 0.0
         self._observed_seconds = 0.0
+        # The line: each tenant's waiters oldest first, tenants served in turns (the first key's turn is next).
+        self._line: collections.OrderedDict[object, collections.deque[_Waiter]] = collections.OrderedDict()
         self._bookings: dict[object, _Booking] = {}
+        self._booked_cost = 0
+        self._booked_by_tenant: collections.Counter[object] = collections.Counter()
+        self._expiries: list[tuple[float, int, object]] = []
+        self._sequence = itertools.count()
+        self._draining = False
 
     def backlog_seconds(self) -> float | None:
         """Estimated seconds of work admitted and not yet done."""
         return None if self.rate is None else self.queued_cost / self.rate
 
-    def admit(self, cost: int, key: object | None = None, now: float | None = None) -> None:
-        """Admit `cost` (held until release) or raise QueueFull with an honest retry_after."""
-        now = time.monotonic() if now is None else now
-        for stale in [k for k, b in self._bookings.items() if b.expires < now]:
-            del self._bookings[stale]
-        mine = self._bookings.pop(key, None) if key is not None else None
-        ahead = sum(b.cost for b in self._bookings.values() if mine is None or b.slot < mine.slot)
-        if self.rate is not None and (self.queued_cost or ahead):
-            wait = (self.queued_cost + ahead + cost) / self.rate - self.max_queue_seconds
-            if wait > 0:
-                retry_after = max(1, math.ceil(wait))
-                booking_key = key if key is not None else object()  # cannot be claimed: it only spaces later refusals
-                self._bookings[booking_key] = _Booking(now + wait, cost, now + retry_after + _BOOKING_GRACE_SECONDS)
-                raise QueueFull(
-                    f"the queue holds {self.queued_cost / self.rate:.0f} s of work, more than "
-                    f"{self.max_queue_seconds:.0f} s with this request; retry in {retry_after} s",
-                    retry_after=retry_after,
-                )
-        # An empty queue always admits: a request larger than the horizon must still be served.
-        self.queued_cost += cost
+    @property
+    def waiting(self) -> int:
+        return sum(len(waiters) for waiters in self._line.values())
+
+    async def acquire(self, cost: int, key: object = None, tenant: object = None) -> None:
+        """Admit `cost` (held until release), hold the request for its turn, or raise QueueFull with
+        a Retry-After; a drain answers a held request with Unavailable."""
+        if self._draining:
+            raise Unavailable("the service is draining; retry on another instance", code="draining")
+        now = self.clock()
+        self._expire(now)
+        booking = self._unbook(key)
+        since = booking.since if booking else now
+        if not self._line and self._fits(cost):
+            self.queued_cost += cost
+            return
+        wait = self._wait(cost, tenant)
+        if wait > self.max_hold_seconds:
+            raise self._refuse(cost, key, tenant, since, now, wait)
+        waiter = _Waiter(cost, since, asyncio.get_running_loop().create_future())
+        self._enqueue(tenant, waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_hold_seconds + 1.0)
+        except TimeoutError:
+            self._remove(tenant, waiter)
+            if waiter.future.done():  # admitted in the same instant
+                return
+            now = self.clock()
+            raise self._refuse(cost, key, tenant, since, now, self._wait(cost, tenant)) from None
+        except asyncio.CancelledError:  # the client left: its place, or its admission, is given back
+            self._remove(tenant, waiter)
+            if waiter.future.done() and not waiter.future.exception():
+                self.release(cost)
+            raise
+
+    def adjust(self, delta: int) -> None:
+        """Correct an admitted estimate by what the request really costs (known once tokenized)."""
+        self.queued_cost += delta
+        if delta < 0:
+            self._admit_waiting()
 
     def release(self, cost: int) -> None:
         self.queued_cost -= cost
+        self._admit_waiting()
+
+    def drain(self) -> None:
+        """Refuse from now on; every held request is answered 503 at once (it was never admitted)."""
+        self._draining = True
+        for waiters in self._line.values():
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(
+                        Unavailable("the service is draining; retry on another instance", code="draining")
+                    )
+        self._line.clear()
 
     def retry_after_share(self, share: float) -> int:
         """Retry-After for a request refused by the memory bound: when `share` of the backlog is done."""
         backlog = self.backlog_seconds()
-        return 1 if backlog is None else max(1, math.ceil(backlog * min(1.0, share)))
+        return 1 if backlog is None else min(RETRY_AFTER_MAX_SECONDS, max(1, math.ceil(backlog * min(1.0, share))))
 
     def batch_started(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         if not self._running:
             self._busy_mark = now  # idle time is not engine work
         self._running += 1
 
     def batch_finished(self, cost: int, now: float | None = None) -> None:
         """Engine throughput: cost done per second during which at least one batch ran."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         self._sample_seconds += now - self._busy_mark
         self._busy_mark = now
         self._running -= 1
@@ -102,3 +169,101 @@ class Admission:
         )
         self.rate = measured if self.rate is None else self.rate + weight * (measured - self.rate)
         self._sample_cost, self._sample_seconds = 0, 0.0
+        self._admit_waiting()
+
+    # -- the line ----------------------------------------------------------------------------------
+
+    def _fits(self, cost: int) -> bool:
+        # Before a measurement nothing can be estimated; an empty queue always admits, so a request
+        # larger than the horizon is still served.
+        return (
+            self.rate is None or not self.queued_cost or (self.queued_cost + cost) / self.rate <= self.max_queue_seconds
+        )
+
+    def _wait(self, cost: int, tenant: object) -> float:
+        """Seconds until a request of `tenant` joining the line now would fit: its tenant's waiters go
+        first, and every other tenant takes as many turns meanwhile."""
+        if self.rate is None:
+            return 0.0
+        own = self._line.get(tenant, ())
+        turns = len(own) + 1
+        ahead = sum(w.cost for w in own)
+        for other, waiters in self._line.items():
+            if other != tenant:
+                ahead += sum(w.cost for w in itertools.islice(waiters, turns))
+        return max(0.0, (self.queued_cost + ahead + cost) / self.rate - self.max_queue_seconds)
+
+    def _enqueue(self, tenant: object, waiter: _Waiter) -> None:
+        waiters = self._line.setdefault(tenant, collections.deque())
+        if waiters and waiters[-1].since > waiter.since:  # a returning request keeps its first place
+            position = next(i for i, w in enumerate(waiters) if w.since > waiter.since)
+            waiters.insert(position, waiter)
+        else:
+            waiters.append(waiter)
+
+    def _remove(self, tenant: object, waiter: _Waiter) -> None:
+        waiters = self._line.get(tenant)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._line[tenant]
+
+    def _admit_waiting(self) -> None:
+        """Admit held requests, one tenant's turn after another's, while they fit."""
+        while self._line:
+            tenant, waiters = next(iter(self._line.items()))
+            head = waiters[0]
+            if head.future.done():  # gone (timed out or cancelled): its slot is not taken
+                waiters.popleft()
+            elif self._fits(head.cost):
+                waiters.popleft()
+                self.queued_cost += head.cost
+                head.future.set_result(None)
+            else:
+                return
+            del self._line[tenant]
+            if waiters:
+                self._line[tenant] = waiters  # to the back: the next tenant's turn
+
+    # -- refusals and their bookings ---------------------------------------------------------------
+
+    def _refuse(self, cost: int, key: object, tenant: object, since: float, now: float, wait: float) -> QueueFull:
+        # Come back when the wait is one the gateway holds, behind those refused before.
+        later = wait - self.max_hold_seconds + (self._booked_cost / self.rate if self.rate else 0.0)
+        retry_after = min(RETRY_AFTER_MAX_SECONDS, max(1, math.ceil(later)))
+        if key is not None:
+            self._book(key, _Booking(since, cost, tenant, now + wait + _BOOKING_GRACE_SECONDS))
+        backlog = self.backlog_seconds() or 0.0
+        return QueueFull(
+            f"the queue holds {backlog:.0f} s of work and {self.waiting} requests wait for their turn; this one's is "
+            f"{wait:.0f} s away, beyond the {self.max_hold_seconds:g} s the gateway holds a request; retry in "
+            f"{retry_after} s",
+            retry_after=retry_after,
+        )
+
+    def _book(self, key: object, booking: _Booking) -> None:
+        if len(self._bookings) >= MAX_BOOKINGS or self._booked_by_tenant[booking.tenant] >= _MAX_BOOKINGS_PER_TENANT:
+            return
+        self._bookings[key] = booking
+        self._booked_cost += booking.cost
+        self._booked_by_tenant[booking.tenant] += 1
+        heapq.heappush(self._expiries, (booking.expires, next(self._sequence), key))
+
+    def _unbook(self, key: object) -> _Booking | None:
+        booking = self._bookings.pop(key, None) if key is not None else None
+        if booking is not None:
+            self._booked_cost -= booking.cost
+            self._booked_by_tenant[booking.tenant] -= 1
+            if not self._booked_by_tenant[booking.tenant]:
+                del self._booked_by_tenant[booking.tenant]
+        return booking
+
+    def _expire(self, now: float) -> None:
+        while self._expiries and self._expiries[0][0] < now:
+            expires, _, key = heapq.heappop(self._expiries)
+            booking = self._bookings.get(key)
+            if booking is not None and booking.expires == expires:
+                self._unbook(key)
+        if len(self._expiries) > 4 * MAX_BOOKINGS:  # entries of claimed bookings: rebuild
+            self._expiries = [(b.expires, next(self._sequence), k) for k, b in self._bookings.items()]
+            heapq.heapify(self._expiries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedstack.api.error_responses import HANDLERS, error_response
 from embedstack.api.routes import ROUTES
+from embedstack.api.tenants import tenant_of
 from embedstack.config import ModelSpec, Settings
 from embedstack.engines import Engine, build_engine
 from embedstack.metrics import Metrics
@@ -44,34 +46,60 @@ class CountRequests:
 _LIMITED_ROUTES = frozenset(r.path for r in ROUTES if "POST" in (r.methods or ()))
 
 
-class LimitConcurrency:
-    """At most `limit` embedding requests in flight, counted before their bodies are read; one more
-    is a 429 in OpenAI's shape at once (uvicorn's limit_concurrency would answer plain text, and
-    count the probes too). /health, /ready and /metrics are never limited."""
+class FairSlots:
+    """At most `limit` embedding requests in flight (bodies being read and requests held in line
+    included), counted before their bodies are read; one more is a 429 in OpenAI's shape at once
+    (uvicorn's limit_concurrency would answer plain text, and count the probes too). /health, /ready
+    and /metrics are never limited, and a request without a valid key takes no slot (it is answered
+    401 before its body is read).
 
-    def __init__(self, app: ASGIApp, limit: int):
+    Shared out by tenant (api/tenants.py): one tenant alone takes at most three quarters of the
+    slots, so another's first requests always find room, and once that reserve is in use a tenant
+    above its equal share waits for its own requests to finish. A slot freed goes to whoever asks.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, keys: frozenset[str]):
         self.app = app
         self.limit = limit
+        self.reserve = limit // 4
+        self.keys = keys
         self.in_flight = 0
+        self.by_tenant: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in _LIMITED_ROUTES:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            response = error_response(
-                429,
-                f"{self.in_flight} requests are in flight, the most this gateway takes at once; retry shortly",
-                "rate_limit_error",
-                "too_many_requests",
-            )
-            await response(scope, receive, send)
+        tenant = tenant_of(scope, self.keys)
+        if tenant is None:
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(tenant)
+        if refusal:
+            await error_response(429, refusal, "rate_limit_error", "too_many_requests")(scope, receive, send)
             return
         self.in_flight += 1
+        self.by_tenant[tenant] += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            self.by_tenant[tenant] -= 1
+            if not self.by_tenant[tenant]:
+                del self.by_tenant[tenant]
+
+    def _refusal(self, tenant: str) -> str | None:
+        if self.in_flight >= self.limit:
+            return f"{self.in_flight} requests are in flight, the most this gateway takes at once; retry shortly"
+        if self.in_flight < self.limit - self.reserve:
+            return None
+        share = self.limit // max(2, len(self.by_tenant) + (tenant not in self.by_tenant))
+        if self.by_tenant[tenant] >= share:
+            return (
+                f"this key has {self.by_tenant[tenant]} of the gateway's {self.limit} requests in flight, its share "
+                "while others wait; retry when one of them is answered"
+            )
+        return None
 
 
 class CloseWhenDraining:
@@ -120,5 +148,5 @@ def create_app(settings: Settings, engine_factory: Callable[[ModelSpec, Settings
     app = GatewayApp(routes=ROUTES, exception_handlers=HANDLERS, lifespan=lifespan, metrics=metrics)
     app.state.served_models = served
     app.add_middleware(CloseWhenDraining, served=served)
-    app.add_middleware(LimitConcurrency, limit=settings.max_concurrent_requests)
+    app.add_middleware(FairSlots, limit=settings.max_concurrent_requests, keys=settings.api_keys)
     return app

@@ -69,9 +69,7 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_queue_inputs = max_queue_inputs
-        self.admission = Admission(max_queue_seconds)
-        self.max_hold_seconds = max_hold_seconds
-        self._drain_started = asyncio.Event()
+        self.admission = Admission(max_queue_seconds, max_hold_seconds)
         self.cache = cache  # shared by every model: the engine's fingerprint is part of each key
         self.metrics = metrics
         self.queued_inputs = 0  # admitted and not yet answered
@@ -94,8 +92,11 @@ class Batcher:
         self.admission.rate = self.engine.startup_rate()
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.engine.spec.id}")
 
-    async def embed(self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None) -> Result:
-        """Embed one request's inputs. `key` names the request's content, so a retry is known again."""
+    async def embed(
+        self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None, tenant: object = None
+    ) -> Result:
+        """Embed one request's inputs. `key` names the request's content, so a retry is known again;
+        `tenant` (an API key, or a client address) is whose turn it is when requests wait in line."""
         if self.draining:
             raise Unavailable("the service is draining; retry on another instance", code="draining")
         fingerprint = self.engine.cache_fingerprint(truncate, input_type) if self.cache is not None else None
@@ -103,7 +104,7 @@ class Batcher:
         found = await self.cache.get_many(keys) if keys else [None] * len(inputs)
         missing = [i for i, hit in enumerate(found) if hit is None]
         if missing:
-            computed = await self._embed_missing([inputs[i] for i in missing], truncate, input_type, key)
+            computed = await self._embed_missing([inputs[i] for i in missing], truncate, input_type, key, tenant)
             if keys and len(computed.input_tokens) == len(missing):  # engines with a fingerprint answer per input
                 rows = [CachedVector(computed.vectors[j], tokens) for j, tokens in enumerate(computed.input_tokens)]
                 await self.cache.put_many([(keys[i], row) for i, row in zip(missing, rows, strict=True)])
@@ -120,7 +121,9 @@ class Batcher:
             tokens += computed.prompt_tokens
         return Result(vectors=vectors, prompt_tokens=tokens)
 
-    async def _embed_missing(self, inputs: list[Input], truncate: bool, input_type: str, key: object) -> _Computed:
+    async def _embed_missing(
+        self, inputs: list[Input], truncate: bool, input_type: str, key: object, tenant: object
+    ) -> _Computed:
         n = len(inputs)
         if self.queued_inputs + n > self.max_queue_inputs:
             share = (self.queued_inputs + n - self.max_queue_inputs) / max(1, self.queued_inputs)
@@ -129,11 +132,19 @@ class Batcher:
                 retry_after=self.admission.retry_after_share(share),
             )
         self._count_queued(n)
-        cost = 0
+        # Admitted on an estimate, before the tokenizer: a request that will be refused costs no
+        # time on the inference thread. The estimate becomes the real cost once tokenized.
+        admitted = self.engine.estimate_cost(inputs, input_type)
+        try:
+            await self.admission.acquire(admitted, key, tenant)
+        except BaseException:
+            self._count_queued(-n)
+            raise
         try:
             items = await self.engine.prepare(inputs, truncate=truncate, input_type=input_type)
-            await self._admit(request_cost := sum(item.cost for item in items), key)
-            cost = request_cost  # released in finally only once admitted
+            cost = sum(item.cost for item in items)
+            self.admission.adjust(cost - admitted)
+            admitted = cost
             self._count_truncated(items)
             loop = asyncio.get_running_loop()
             entries: list[_Entry] = []
@@ -143,30 +154,9 @@ class Batcher:
             outputs: list[Output] = await asyncio.gather(*(e.future for e in entries))
         finally:
             self._count_queued(-n)
-            self.admission.release(cost)
+            self.admission.release(admitted)
         vectors = outputs[0].vectors if len(outputs) == 1 else np.concatenate([o.vectors for o in outputs])
         return _Computed(vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])])
-
-    async def _admit(self, cost: int, key: object) -> None:
-        """Admit now, or hold the request until its booked slot when that is close enough.
-
-        Holding is a Retry-After served by the gateway itself: clients that never read the header
-        (Roo Code's full-URL path) wait in line too, instead of burning a retry on a 429.
-        """
-        key = key if key is not None else object()  # a held request still claims its own booking
-        hold_until = time.monotonic() + self.max_hold_seconds
-        while True:
-            try:
-                self.admission.admit(cost, key)
-                return
-            except QueueFull as refused:
-                if time.monotonic() + refused.retry_after > hold_until:
-                    raise  # the client gets the wait; its booking is kept for its return
-                try:
-                    await asyncio.wait_for(self._drain_started.wait(), refused.retry_after)
-                except TimeoutError:
-                    continue
-                raise Unavailable("the service is draining; retry on another instance", code="draining") from None
 
     def _count_queued(self, delta: int) -> None:
         """Admission adds a request's inputs, its answer (or failure) takes them off again."""
@@ -202,7 +192,7 @@ class Batcher:
     async def drain(self, deadline: float) -> bool:
         """Refuse new work, let admitted work finish until `deadline` (monotonic); True if all did."""
         self.draining = True
-        self._drain_started.set()  # held requests are answered 503 at once: they were never admitted
+        self.admission.drain()  # held requests are answered 503 at once: they were never admitted
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
             return True

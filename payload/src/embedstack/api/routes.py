@@ -7,7 +7,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import hmac
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -20,6 +19,7 @@ from starlette.routing import Route
 
 from embedstack.api.openapi import openapi_document
 from embedstack.api.schemas import parse_embeddings_request
+from embedstack.api.tenants import matched_key, offered_keys, tenant_of
 from embedstack.batcher import Result
 from embedstack.errors import (
     AuthenticationFailed,
@@ -36,21 +36,19 @@ def _served(request: Request) -> ServedModels:
     return request.app.state.served_models
 
 
-def authorize(request: Request, keys: frozenset[str]) -> None:
+def authorize(request: Request, keys: frozenset[str]) -> str | None:
+    """The key the request offered that the gateway knows; None when the gateway runs open."""
     if not keys:
-        return
-    offered = []
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        offered.append(auth[7:].strip())
-    if "api-key" in request.headers:
-        offered.append(request.headers["api-key"].strip())
+        return None
+    offered = offered_keys(request.headers)
     if not offered:
         raise AuthenticationFailed(
             "missing API key: send 'Authorization: Bearer <key>' or an 'api-key' header", code="missing_api_key"
         )
-    if not any(hmac.compare_digest(o.encode(), k.encode()) for o in offered for k in keys):
+    matched = matched_key(offered, keys)
+    if matched is None:
         raise AuthenticationFailed("incorrect API key provided")
+    return matched
 
 
 async def read_body(request: Request, served: ServedModels) -> bytes:
@@ -140,7 +138,8 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Resu
 async def embeddings(request: Request) -> Response:
     served = _served(request)
     settings = served.settings
-    authorize(request, settings.api_keys)
+    # whose turn it is in the line: the key, or the client's address on an open gateway
+    tenant = authorize(request, settings.api_keys) or tenant_of(request.scope, settings.api_keys)
     if served.draining:
         raise Unavailable("the service is draining; retry on another instance", code="draining")
     if not served.ready:
@@ -171,7 +170,7 @@ async def embeddings(request: Request) -> Response:
             )
         # The body names the request: a client retrying after a 429 sends it again and claims its booking.
         key = hashlib.blake2b(body, digest_size=16).digest()
-        work = batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key)
+        work = batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key, tenant=tenant)
         result = await _unless_client_leaves(request, work)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)

@@ -58,11 +58,23 @@ class Engine(Protocol):
     def batch_cost(self, rows: int, longest: int) -> int:
         """Tokens a batch of `rows` items occupies when its longest item costs `longest`."""
 
+    def estimate_cost(self, inputs: list[Input], input_type: str) -> int:
+        """What prepare's items will cost, without the tokenizer: admission decides on it."""
+
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
         """Validate and tokenize; raises InvalidInput naming the offending index."""
 
     async def run(self, items: list[Item]) -> list[Output]:
         """Embed a batch; one Output per item, in order."""
+
+
+# Characters per token for estimates: code under WordPiece or BPE runs 3 to 4, prose 4 to 5; erring short
+# overestimates the cost, so admission errs on the side of the horizon.
+CHARS_PER_TOKEN = 3
+
+
+def estimated_tokens(x: Input, prefix: str, limit: int) -> int:
+    return min(limit, len(x) if isinstance(x, list) else (len(prefix) + len(x)) // CHARS_PER_TOKEN + 2)
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from embedstack.config import ModelSpec, Settings
-from embedstack.engines.base import Input, Item, Output, l2_normalise
+from embedstack.engines.base import Input, Item, Output, estimated_tokens, l2_normalise
 from embedstack.errors import ConfigError, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,11 @@ class LocalEngine:
 
     def batch_cost(self, rows: int, longest: int) -> int:
         return bucket_rows(rows) * longest
+
+    def estimate_cost(self, inputs: list[Input], input_type: str) -> int:
+        prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
+        limit = self.spec.max_tokens
+        return sum(bucket_length(estimated_tokens(x, prefix, limit), limit) for x in inputs)
 
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
         ids, cut = await self._call(self._tokenize, inputs, truncate, input_type)

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from embedstack.config import ModelSpec, Settings, Upstream
-from embedstack.engines.base import Input, Item, Output, l2_normalise
+from embedstack.engines.base import Input, Item, Output, estimated_tokens, l2_normalise
 from embedstack.errors import ConfigError, InvalidInput, QueueFull, Unavailable, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,10 @@ class UpstreamEngine:
     def batch_cost(self, rows: int, longest: int) -> int:
         return rows * longest
 
+    def estimate_cost(self, inputs: list[Input], input_type: str) -> int:
+        prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
+        return sum(estimated_tokens(x, prefix, self.spec.max_tokens) for x in inputs)
+
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
         limit = self.spec.max_tokens
         for i, x in enumerate(inputs):
@@ -225,8 +229,8 @@ class UpstreamEngine:
         prefix = self.spec.query_prefix if input_type == "query" else self.spec.document_prefix
         if prefix:
             inputs = [prefix + x if isinstance(x, str) else x for x in inputs]
-        # ~4 characters a token: only used to spread work, never reported as usage
-        cost = sum(len(x) // 4 + 1 if isinstance(x, str) else len(x) for x in inputs)
+        # only used to spread work, never reported as usage
+        cost = sum(estimated_tokens(x, "", limit) for x in inputs)
         return [Item(payload=(inputs, truncate), cost=cost, inputs=len(inputs), truncated=truncated)]
 
     async def run(self, items: list[Item]) -> list[Output]:
