@@ -7,7 +7,9 @@ takes, the gateway must answer so that this policy loses nothing (its 429s have 
 retry will be admitted, spread so that the retries do not come back together) and the engine never
 idles: the whole run takes at most 1.3 x all chunks / the throughput measured with one
 well-behaved client (before and after the run; the higher figure). `tools/bench/roo_load.py` is the
-larger, printed version of this test.
+larger, printed version of this test; test_roo_policy_paced.py runs the same policy against an engine of
+fixed throughput, at the defaults and at a small admission horizon, where a busy machine cannot move
+the figures.
 """
 
 from __future__ import annotations

@@ -9,10 +9,15 @@ addresses when the gateway is open), so one tenant's backlog does not stand befo
 first request; within a tenant, first come first served.
 
 A request whose turn is further away is refused (429) with a Retry-After of when it could be held
-and admitted, spread by the requests refused before it, and at most 59 s: openai-node ignores
+and admitted, at most 59 s: openai-node ignores
 longer values and falls back to its own back-off of 0.5 to 8 s. The refusal is remembered by the
 request's content (a retry sends the same body): when it returns it keeps the place of its first
-arrival. Bookings never reserve room, they expire, and there are at most MAX_BOOKINGS of them, so
+arrival and is not refused again, but held for up to max_hold_seconds + 240 s (unless holding is off,
+max_hold_seconds 0); so are a tenant's
+other requests for a minute after one of its requests was refused. Roo Code's full-URL path reads
+no Retry-After and gives up on a batch after three 429s, and each 429 within a minute doubles a
+pause shared by all of its batches (5 s up to 300 s): one refusal tells it to slow down, a burst
+would stop it for minutes. Bookings never reserve room, they expire, and there are at most MAX_BOOKINGS of them, so
 a flood of refused requests costs constant work each.
 
 With the horizon inside the drain budget, everything admitted can also finish before a drain
@@ -36,8 +41,15 @@ from embedstack.errors import QueueFull, Unavailable
 _RATE_MEMORY_SECONDS = 10.0
 # Work observed before an estimate replaces the previous one: short batches measure noise.
 _MIN_SAMPLE_SECONDS = 0.05
-# How long past its expected turn a refused request is remembered (clients add their own delays).
-_BOOKING_GRACE_SECONDS = 30.0
+# How long past its expected turn a refused request is remembered: clients add their own delays, and Roo
+# Code's process-wide pause after 429s reaches 300 s.
+_BOOKING_GRACE_SECONDS = 300.0
+# How much longer than max_hold_seconds a request refused once is held when it comes back: Node's fetch
+# (undici) waits 300 s for an answer, and Roo Code gives up on a batch after its third 429.
+_RETURNED_HOLD_SECONDS = 240.0
+# A tenant refused within this window has its other requests held instead (Roo Code counts 429s as
+# consecutive within 60 s, doubling a pause of all its batches each time).
+_TENANT_REFUSAL_SECONDS = 60.0
 # Remembered refusals, in all and per tenant: beyond them a refusal is still answered, just not remembered.
 MAX_BOOKINGS = 1024
 _MAX_BOOKINGS_PER_TENANT = MAX_BOOKINGS // 4
@@ -47,7 +59,7 @@ RETRY_AFTER_MAX_SECONDS = 59
 
 @dataclass(slots=True)
 class _Booking:
-    since: float  # when the request first arrived: its place in line when it returns
+    place: tuple[float, int]  # when the request first arrived (and a tie-break): its place in line when back
     cost: int
     tenant: object
     expires: float
@@ -56,7 +68,7 @@ class _Booking:
 @dataclass(slots=True)
 class _Waiter:
     cost: int
-    since: float
+    place: tuple[float, int]
     future: asyncio.Future = field(repr=False)
 
 
@@ -79,6 +91,7 @@ class Admission:
         self._booked_by_tenant: collections.Counter[object] = collections.Counter()
         self._expiries: list[tuple[float, int, object]] = []
         self._sequence = itertools.count()
+        self._refused_at: dict[object, float] = {}  # each tenant's last refusal
         self._draining = False
 
     def backlog_seconds(self) -> float | None:
@@ -97,23 +110,30 @@ class Admission:
         now = self.clock()
         self._expire(now)
         booking = self._unbook(key)
-        since = booking.since if booking else now
+        place = booking.place if booking else (now, next(self._sequence))
         if not self._line and self._fits(cost):
             self.queued_cost += cost
             return
-        wait = self._wait(cost, tenant)
-        if wait > self.max_hold_seconds:
-            raise self._refuse(cost, key, tenant, since, now, wait)
-        waiter = _Waiter(cost, since, asyncio.get_running_loop().create_future())
+        # A request is refused once, and a tenant once a minute: its other requests wait in line as long as
+        # their clients wait for an answer, since clients pause all their work on each 429.
+        told = booking is not None or now - self._refused_at.get(tenant, -math.inf) < _TENANT_REFUSAL_SECONDS
+        hold = self.max_hold_seconds + (_RETURNED_HOLD_SECONDS if told and self.max_hold_seconds else 0.0)
+        wait = self._wait(cost, tenant, place)
+        if wait > hold:
+            self._note_refusal(tenant, now)
+            raise self._refuse(cost, key, tenant, place, now, wait)
+        waiter = _Waiter(cost, place, asyncio.get_running_loop().create_future())
         self._enqueue(tenant, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_hold_seconds + 1.0)
+            await asyncio.wait_for(asyncio.shield(waiter.future), hold + 1.0)
         except TimeoutError:
             self._remove(tenant, waiter)
             if waiter.future.done():  # admitted in the same instant
+                waiter.future.result()
                 return
             now = self.clock()
-            raise self._refuse(cost, key, tenant, since, now, self._wait(cost, tenant)) from None
+            self._note_refusal(tenant, now)
+            raise self._refuse(cost, key, tenant, place, now, self._wait(cost, tenant, place)) from None
         except asyncio.CancelledError:  # the client left: its place, or its admission, is given back
             self._remove(tenant, waiter)
             if waiter.future.done() and not waiter.future.exception():
@@ -180,12 +200,12 @@ class Admission:
             self.rate is None or not self.queued_cost or (self.queued_cost + cost) / self.rate <= self.max_queue_seconds
         )
 
-    def _wait(self, cost: int, tenant: object) -> float:
-        """Seconds until a request of `tenant` joining the line now would fit: its tenant's waiters go
-        first, and every other tenant takes as many turns meanwhile."""
+    def _wait(self, cost: int, tenant: object, place: tuple[float, int]) -> float:
+        """Seconds until a request of `tenant` with this place in line would fit: its tenant's earlier
+        arrivals go first, and every other tenant takes as many turns meanwhile."""
         if self.rate is None:
             return 0.0
-        own = self._line.get(tenant, ())
+        own = [w for w in self._line.get(tenant, ()) if w.place < place]
         turns = len(own) + 1
         ahead = sum(w.cost for w in own)
         for other, waiters in self._line.items():
@@ -195,8 +215,8 @@ class Admission:
 
     def _enqueue(self, tenant: object, waiter: _Waiter) -> None:
         waiters = self._line.setdefault(tenant, collections.deque())
-        if waiters and waiters[-1].since > waiter.since:  # a returning request keeps its first place
-            position = next(i for i, w in enumerate(waiters) if w.since > waiter.since)
+        if waiters and waiters[-1].place > waiter.place:  # a returning request keeps its first place
+            position = next(i for i, w in enumerate(waiters) if w.place > waiter.place)
             waiters.insert(position, waiter)
         else:
             waiters.append(waiter)
@@ -227,12 +247,15 @@ class Admission:
 
     # -- refusals and their bookings ---------------------------------------------------------------
 
-    def _refuse(self, cost: int, key: object, tenant: object, since: float, now: float, wait: float) -> QueueFull:
-        # Come back when the wait is one the gateway holds, behind those refused before.
-        later = wait - self.max_hold_seconds + (self._booked_cost / self.rate if self.rate else 0.0)
-        retry_after = min(RETRY_AFTER_MAX_SECONDS, max(1, math.ceil(later)))
+    def _refuse(
+        self, cost: int, key: object, tenant: object, place: tuple[float, int], now: float, wait: float
+    ) -> QueueFull:
+        # Back as soon as its wait is one the gateway holds: the engine is kept busy by those in line, not
+        # by those away.
+        retry_after = min(RETRY_AFTER_MAX_SECONDS, max(1, math.ceil(wait - self.max_hold_seconds)))
         if key is not None:
-            self._book(key, _Booking(since, cost, tenant, now + wait + _BOOKING_GRACE_SECONDS))
+            expires = now + wait + _BOOKING_GRACE_SECONDS + (self._booked_cost / self.rate if self.rate else 0.0)
+            self._book(key, _Booking(place, cost, tenant, expires))
         backlog = self.backlog_seconds() or 0.0
         return QueueFull(
             f"the queue holds {backlog:.0f} s of work and {self.waiting} requests wait for their turn; this one's is "
@@ -240,6 +263,11 @@ class Admission:
             f"{retry_after} s",
             retry_after=retry_after,
         )
+
+    def _note_refusal(self, tenant: object, now: float) -> None:
+        self._refused_at[tenant] = now
+        if len(self._refused_at) > MAX_BOOKINGS:  # tenants refused over a minute ago are forgotten
+            self._refused_at = {t: at for t, at in self._refused_at.items() if now - at < _TENANT_REFUSAL_SECONDS}
 
     def _book(self, key: object, booking: _Booking) -> None:
         if len(self._bookings) >= MAX_BOOKINGS or self._booked_by_tenant[booking.tenant] >= _MAX_BOOKINGS_PER_TENANT:
