@@ -19,7 +19,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 WHEELS=${WHEELS:-build/device-wheels}
 WHEEL_PYTHON=${WHEEL_PYTHON:-3.12}  # the device's python3 is CPython 3.12 on x86-64 (KINDS.md)
-DEVICE_PACKAGES="starlette uvicorn orjson"
+# Should the import check there name another missing module, add its pin here and prepare again.
+DEVICE_PACKAGES=${DEVICE_PACKAGES:-starlette uvicorn orjson}
 
 mode=${1:-run}
 [ $# -gt 0 ] && shift
@@ -33,7 +34,8 @@ if [ "$mode" = prepare ]; then
         awk -v name="$name" 'tolower($0) ~ "^" name "==" {on=1} on {print} on && !/\\$/ {exit}' \
             payload/requirements.lock >>"$pins"
     done
-    [ "$(grep -c '==' "$pins")" -eq 3 ] || { echo "prepare: pins of $DEVICE_PACKAGES not all in the lock" >&2; exit 2; }
+    [ "$(grep -c '==' "$pins")" -eq "$(wc -w <<<"$DEVICE_PACKAGES")" ] ||
+        { echo "prepare: not every one of $DEVICE_PACKAGES is pinned in payload/requirements.lock" >&2; exit 2; }
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
     abi=cp${WHEEL_PYTHON/./}
     $pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --require-hashes \
@@ -59,7 +61,7 @@ if [ "$DEVICE" = cuda ]; then
         | tee "$OUT/nvidia-smi.csv"
 fi
 
-if ! "$PYTHON" -c "import starlette, uvicorn, orjson" 2>/dev/null; then
+if ! "$PYTHON" -c "import ${DEVICE_PACKAGES// /, }" 2>/dev/null; then
     ls "$WHEELS"/*.whl >/dev/null 2>&1 || {
         echo "no wheels in $WHEELS: run 'tools/bench/device_gpu_bench.sh prepare' here and carry that folder" >&2
         exit 2

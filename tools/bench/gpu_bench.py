@@ -29,11 +29,13 @@ import asyncio
 import base64
 import collections
 import datetime
+import functools
 import gc
 import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -444,7 +446,9 @@ def run_gateways(report: Report, built: dict[str, Path], references: dict, chunk
     models_file = write_models_file(folder, built)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's CUDA state
     step_seconds = 0.0
-    with ProcessPoolExecutor(ROO_CLIENTS, mp_context=context) as pool:
+    # Clients ignore Ctrl-C and the time limit's SIGINT: this process stops the gateway, which ends their load.
+    ignore_sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    with ProcessPoolExecutor(ROO_CLIENTS, mp_context=context, initializer=ignore_sigint) as pool:
         list(pool.map(time.sleep, [1.0] * ROO_CLIENTS))  # every client process spawned before any timing
         for n, max_tokens in enumerate(token_values):
             if n and report.left() < step_seconds * 1.3:
