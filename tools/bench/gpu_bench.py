@@ -442,8 +442,7 @@ def run_gateways(report: Report, built: dict[str, Path], references: dict, chunk
     device = report.fig["device"]["device"]
     models = [m for m in MODELS if m.name in built]
     token_values = [int(t) for t in sizes["gateway_tokens"].split(",")]
-    folder = Path(tempfile.mkdtemp(prefix="gpu-bench-gw-"))
-    models_file = write_models_file(folder, built)
+    models_file = write_models_file(next(iter(built.values())).parent, built)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's CUDA state
     step_seconds = 0.0
     # Clients ignore Ctrl-C and the time limit's SIGINT: this process stops the gateway, which ends their load.
@@ -520,9 +519,12 @@ def run(report: Report) -> None:
     print("  matrix-product ceiling: " + ", ".join(f"{DTYPE_NAMES[k]} {v:,.3g} TFLOP/s" for k, v in ceiling.items()))
     free(device)
 
-    wanted = [m for m in MODELS if m.name in args.models]
     texts = code_chunks(max(sizes["st_chunks"], sizes["gateway_chunks"]))
-    work = Path(tempfile.mkdtemp(prefix="gpu-bench-models-"))
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-models-") as work:  # 0.5 GB of weights, gone after
+        measure(report, [m for m in MODELS if m.name in args.models], texts, Path(work), sizes, gw_dtype)
+
+
+def measure(report: Report, wanted: list[BenchModel], texts: list[str], work: Path, sizes: dict, gw_dtype: str) -> None:
     built: dict[str, Path] = {}
     references: dict[str, np.ndarray] = {}
     chunk_sets: dict[str, dict[str, list[str]]] = {}
@@ -546,7 +548,7 @@ def run(report: Report) -> None:
             flush=True,
         )
         references[model.name] = run_st(report, model, built[model.name], st_chunks, sizes, gw_dtype)
-    if not args.skip_gateway:
+    if not report.args.skip_gateway:
         run_gateways(report, built, references, chunk_sets, sizes)
 
 
