@@ -163,3 +163,17 @@ def test_one_key_holding_every_slot_leaves_room_for_another_key():
         assert more.status_code == 429 and "its share" in more.json()["error"]["message"]
         for conn in uploads:
             conn.close()
+
+
+def test_slow_heads_from_many_addresses_make_room_for_a_new_client():
+    with in_process_gateway(EMBEDSTACK_MAX_CONNECTIONS="150", EMBEDSTACK_MAX_CONNECTIONS_PER_CLIENT="50") as gw:
+        slow = []
+        for i in range(150):  # a distributed slowloris: half a head each, from 30 loopback addresses
+            conn = socket.create_connection(("127.0.0.1", gw.port), source_address=(f"127.0.1.{i % 30 + 1}", 0))
+            conn.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: gate")
+            slow.append(conn)
+        time.sleep(0.3)
+        for _ in range(5):
+            embed_ok(gw.url)
+        for conn in slow:
+            conn.close()

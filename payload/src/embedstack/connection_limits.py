@@ -29,6 +29,9 @@ class ConnectionLimits:
     max_connections: int
     max_connections_per_client: int
     open_by_client: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Connections whose request head has not arrived yet, oldest first: at the cap, the oldest is closed
+    # to make room, so slow heads spread over many addresses cannot lock everyone out.
+    heads_awaited: dict[asyncio.Protocol, None] = field(default_factory=dict)
 
     @property
     def open(self) -> int:
@@ -65,13 +68,18 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             host = self.client[0] if self.client else ""
             limits.open_by_client[host] += 1
             self._client_host = host
-            if limits.open > limits.max_connections:
-                self._refusal = f"the gateway holds {limits.max_connections} connections, its most; retry shortly"
-            elif limits.open_by_client[host] > limits.max_connections_per_client:
+            if limits.open_by_client[host] > limits.max_connections_per_client:
                 self._refusal = (
                     f"this client holds {limits.max_connections_per_client} connections, the most one address "
                     "may hold; reuse them"
                 )
+            elif limits.open > limits.max_connections:
+                oldest = next(iter(limits.heads_awaited), None)
+                if oldest is None:  # every connection is busy with a request
+                    self._refusal = f"the gateway holds {limits.max_connections} connections, its most; retry shortly"
+                else:
+                    oldest._make_room()
+            limits.heads_awaited[self] = None
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -80,6 +88,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 if not limits.open_by_client[self._client_host]:
                     del limits.open_by_client[self._client_host]
                 self._client_host = None
+            limits.heads_awaited.pop(self, None)
             self._cancel_head_timer()
             super().connection_lost(exc)
 
@@ -101,9 +110,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().on_message_begin()
             self._head_started = True
             if self._head_timer is None:  # a request after the first on this connection
+                limits.heads_awaited[self] = None
                 self._arm_head_timer()
 
         def on_headers_complete(self) -> None:
+            limits.heads_awaited.pop(self, None)
             self._cancel_head_timer()
             self._in_head, self._head_started, self._head_bytes = False, False, 0
             if len(self.headers) > limits.max_header_count:
@@ -145,6 +156,18 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     408, b"Request Timeout", f"the request head did not arrive within {limits.header_timeout:g} s"
                 )
             elif self._in_head and self.cycle is None:  # accepted, and not one byte since
+                self.transport.close()
+
+        def _make_room(self) -> None:
+            limits.heads_awaited.pop(self, None)
+            self._cancel_head_timer()
+            if self._head_started:
+                self._close_with(
+                    408,
+                    b"Request Timeout",
+                    "the gateway is at its connection limit and this request head is not complete",
+                )
+            else:
                 self.transport.close()
 
         def _close_with(self, status: int, reason: bytes, message: str) -> None:
