@@ -274,6 +274,34 @@ def test_a_request_that_will_be_refused_costs_no_tokenizer_time():
     assert asyncio.run(main()) == [1]  # only the admitted request was tokenized
 
 
+def test_one_tenants_backlog_does_not_stand_before_another_tenants_request():
+    async def main():
+        eng = engine()
+        eng.hold = asyncio.Event()
+        batcher = batcher_for(eng, budget=250)  # two inputs of 100 tokens a batch
+        try:
+            backlog = [
+                asyncio.create_task(
+                    batcher.embed([f"a{i} " + "w " * 99], truncate=True, input_type="document", tenant="a")
+                )
+                for i in range(20)
+            ]
+            await settle()
+            query = asyncio.create_task(
+                batcher.embed(["b " + "w " * 99], truncate=True, input_type="document", tenant="b")
+            )
+            await settle()
+            eng.hold.set()
+            await asyncio.gather(query, *backlog)
+            return next(
+                n for n, batch in enumerate(eng.batches) if any(item.payload[0] == token_ids("b")[0] for item in batch)
+            )
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) <= 2  # behind at most the batch running and one of the other tenant's
+
+
 def overloaded(hold: float, rate: float, horizon: float) -> tuple[FakeEngine, Batcher]:
     eng = engine()
     eng.hold = asyncio.Event()

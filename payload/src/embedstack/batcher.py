@@ -34,6 +34,7 @@ class _Entry:
     item: Item
     future: asyncio.Future
     request: list[_Entry]  # every entry of the same request, this one included
+    tenant: object = None
 
 
 @dataclass(slots=True)
@@ -75,6 +76,8 @@ class Batcher:
         self.queued_inputs = 0  # admitted and not yet answered
         self.draining = False
         self._pending: list[_Entry] = []
+        self._anchored: dict[object, int] = {}  # each tenant's last anchored batch
+        self._batches_taken = 0
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(engine.concurrency)
         self._running: dict[asyncio.Task, list[_Entry]] = {}
@@ -148,7 +151,7 @@ class Batcher:
             self._count_truncated(items)
             loop = asyncio.get_running_loop()
             entries: list[_Entry] = []
-            entries.extend(_Entry(item, loop.create_future(), entries) for item in items)
+            entries.extend(_Entry(item, loop.create_future(), entries, tenant) for item in items)
             self._pending.extend(entries)
             self._wakeup.set()
             outputs: list[Output] = await asyncio.gather(*(e.future for e in entries))
@@ -242,16 +245,33 @@ class Batcher:
     def _pending_cost(self) -> int:
         return sum(e.item.cost for e in self._pending[:_WINDOW])
 
+    def _anchor(self) -> int:
+        """Where in the queue the next batch's anchor is: the oldest input of the tenant whose turn it
+        is (the one anchored longest ago), so a tenant's backlog does not stand before another's
+        first request: a search query waits one batch, not the other tenant's whole re-index."""
+        first: dict[object, int] = {}
+        for i, entry in enumerate(self._pending):
+            first.setdefault(entry.tenant, i)
+        if len(first) == 1:
+            return 0
+        tenant = min(first, key=lambda t: (self._anchored.get(t, -1), first[t]))
+        self._batches_taken += 1
+        self._anchored[tenant] = self._batches_taken
+        if len(self._anchored) > 4 * len(first) + 64:  # tenants with nothing queued are forgotten
+            self._anchored = {t: n for t, n in self._anchored.items() if t in first}
+        return first[tenant]
+
     def _take_batch(self) -> list[_Entry]:
         self._pending = [e for e in self._pending if not e.future.done()]  # callers that went away
         if not self._pending:
             return []
+        self._pending.insert(0, self._pending.pop(self._anchor()))
         if not self.engine.merges:
             return [self._pending.pop(0)]
         window = self._pending[:_WINDOW]
         order = sorted(range(len(window)), key=lambda i: window[i].item.cost)
         cost = [window[i].item.cost for i in order]
-        lo = hi = order.index(0)  # the oldest item is always in the batch
+        lo = hi = order.index(0)  # the anchor is always in the batch
 
         def fits(lo: int, hi: int) -> bool:  # padded to the longest member
             return self.engine.batch_cost(hi - lo + 1, cost[hi]) <= self.max_batch_tokens
