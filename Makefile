@@ -148,6 +148,7 @@ bench: setup vllm-venv
 	$(BIN)/python tools/bench/roo_load.py
 	$(BIN)/python tools/bench/cache_bench.py
 	$(BIN)/python tools/bench/big_body_bench.py
+	$(BIN)/python tools/bench/attack_bench.py
 	$(BIN)/python tools/bench/unit_memory_bench.py
 	# The local engine on CUDA when torch sees a GPU, else this CPU (tools/bench/device_gpu_bench.sh on a lent GPU).
 	$(BIN)/python tools/bench/gpu_bench.py
