@@ -35,8 +35,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or wrong API key",
         404: "Model not served",
         405: "Method not allowed",
+        408: "The request head or body did not arrive in time; the connection is closed",
         413: "Body over the size cap",
-        429: "Queue full: retry after Retry-After seconds",
+        429: "Queue full, or this key's share of the concurrent requests in use: retry after Retry-After seconds",
+        431: "Request line and headers over the cap, or too many headers; the connection is closed",
         499: "The client closed the connection first (never read; counted in /metrics)",
         500: "Unexpected failure, logged",
         502: "Every upstream failed",
@@ -54,7 +56,7 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
         "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID - 1},
         "minItems": 1,
     }
-    text = {"type": "string", "minLength": 1}
+    text = {"type": "string"}  # "" too: embedded as the model embeds it
     request = {
         "type": "object",
         "required": ["model", "input"],
@@ -146,7 +148,7 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
         "requestBody": {"required": True, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Request"}}}},
         "responses": {
             "200": {"description": "Vectors in input order", "content": {_JSON: {"schema": embeddings_list}}},
-            **_errors(400, 401, 404, 405, 413, 429, 499, 500, 502, 503),
+            **_errors(400, 401, 404, 405, 408, 413, 429, 431, 499, 500, 502, 503),
         },
     }
     models_operation = {
