@@ -149,6 +149,7 @@ bench: setup vllm-venv
 	$(BIN)/python tools/bench/cache_bench.py
 	$(BIN)/python tools/bench/big_body_bench.py
 	$(BIN)/python tools/bench/unit_memory_bench.py
+	$(BIN)/python tools/bench/search_scale_bench.py
 
 # Retrieval quality of `embedstack search` on a code-search set from the standard library (README "Search").
 bench-quality: setup

@@ -53,11 +53,13 @@ def nearest(
     limit: int,
     mode: str,
     fusion: models.Fusion = models.Fusion.DBSF,
+    sparse: models.SparseVector | None = None,
 ) -> models.QueryResponse:
     """Dense: the nearest vectors. Hybrid: the dense and the sparse (BM25) candidates, each list
     `HYBRID_CANDIDATES` deep, fused by Qdrant's distribution-based score fusion (each list's scores
     normalised by their mean and spread, then summed): on the bench's set it gave the best MRR and
-    recall@1, reciprocal-rank fusion (Fusion.RRF) the best recall@10 by a hair."""
+    recall@1, reciprocal-rank fusion (Fusion.RRF) the best recall@10 by a hair. `sparse` stands in for the
+    query's own BM25 terms (the scale benchmark's synthetic ones)."""
     # Roo Code's hnsw_ef for a deployed Qdrant; the embedded one builds no HNSW graph (edge.py) and searches exactly
     params = None if is_embedded(client) or _local_mode(client) else SEARCH_PARAMS
     if mode == "dense":
@@ -69,7 +71,7 @@ def nearest(
         collection,
         prefetch=[
             models.Prefetch(query=vector, filter=flt, limit=depth, params=params),
-            models.Prefetch(query=query_vector(query), using=SPARSE_NAME, filter=flt, limit=depth),
+            models.Prefetch(query=sparse or query_vector(query), using=SPARSE_NAME, filter=flt, limit=depth),
         ],
         query=models.FusionQuery(fusion=fusion),
         limit=limit,
