@@ -6,14 +6,17 @@ counts against the other's: one writes the collection as `embedstack index` does
 256 points with the dense vector, a BM25-shaped sparse vector and Roo Code's payload; Qdrant Edge then runs its
 optimizer, as the indexer does), and a fresh one opens it and searches as `embedstack search` does (search.nearest
 with the metadata filter, limit 10; hybrid fuses 50 dense and 50 sparse candidates by DBSF). Printed per row:
-upsert seconds (with the optimizer), disk, RSS of the interpreter with its imports before opening, right after
-open and after the queries, open seconds, and dense,
-filtered (a directory prefix holding 0.5 % of the chunks, Roo Code's pathSegments filter) and hybrid p50/p95.
+upsert seconds (with the optimizer, which builds the HNSW graph of --hnsw rows), disk, RSS of the interpreter
+with its imports before opening, right after opening and after the queries, open seconds, the first query after
+opening (what one `embedstack search` waits for beside the open: the vectors' pages are mapped in then), and
+dense, filtered (a directory prefix holding 0.5 % of the chunks, Roo Code's pathSegments filter) and hybrid
+p50/p95.
 
 Vectors are random unit vectors from a seeded generator, the sparse vectors Zipf-distributed term ids with BM25
-weights, the same for both stores, so their top-10 sets are compared too. Local mode holds every point as a
-Python object and scans them all per query: where it would take too long or too much memory (estimated from its
-figures at 100k x 384: 43 s to open, 2.9 GB, 5.4 s a query) the row says it was skipped and why.
+weights, the same for every store, so each store's top-10 sets are compared with Qdrant Edge's exact ones too.
+Local mode holds every point as a Python object and scans them all per query: where it would take too long or
+too much memory (estimated from its figures at 100k x 384: 43 s to open, 2.9 GB, 5.4 s a query) the row says
+it was skipped and why.
 """
 
 from __future__ import annotations
@@ -129,7 +132,13 @@ def queries(dim: int, n: int, seed: int) -> list[tuple[list[float], object]]:
 
 
 def open_store(store: str, path: Path):
-    if store == "edge":
+    if store.startswith("hnsw-") and not (path / "edge").exists():  # the writer: HNSW for every segment
+        from embedstack.indexing.edge import EdgeCollections
+
+        m, ef_construct = map(int, store.split("-")[1:])
+        client = EdgeCollections(path / "edge", indexing_threshold_kb=1, hnsw=(m, ef_construct))
+        return client
+    if store == "edge" or store.startswith("hnsw-"):
         from embedstack.indexing.store import open_embedded
 
         return open_embedded(path)
@@ -151,7 +160,7 @@ def child_write(store: str, path: Path, size: int, dim: int, seed: int) -> dict:
         for first in range(0, size, BATCH):
             client.upsert(COLLECTION, points=batch_points(first, min(BATCH, size - first), dim, seed), wait=True)
     upserted = time.perf_counter() - started
-    if is_embedded(client):
+    if is_embedded(client):  # with HNSW (--hnsw): where the graph is built
         client.optimize(COLLECTION)
     total = time.perf_counter() - started
     client.close()
@@ -169,6 +178,10 @@ def child_read(store: str, path: Path, dim: int, seed: int, n_queries: int) -> d
     client.count(COLLECTION)  # Qdrant Edge loads a collection's shard on first use: part of opening it
     opened = time.perf_counter() - started
     rss_open, anon_open = rss_mb()
+    first = queries(dim, 1, seed + 1)[0][0]
+    started = time.perf_counter()
+    nearest(client, COLLECTION, "", first, models.Filter(must_not=[NOT_METADATA]), 10, "dense")
+    first_query = time.perf_counter() - started
     plain = models.Filter(must_not=[NOT_METADATA])
     prefix = models.Filter(must=path_filter("dir07/sub3"), must_not=[NOT_METADATA])
     kinds = {
@@ -176,7 +189,8 @@ def child_read(store: str, path: Path, dim: int, seed: int, n_queries: int) -> d
         "filtered": lambda d, s: nearest(client, COLLECTION, "", d, prefix, 10, "dense"),
         "hybrid": lambda d, s: nearest(client, COLLECTION, "", d, plain, 10, "hybrid", sparse=s),
     }
-    figures: dict = {"open_s": opened, "rss_import_mb": import_rss, "rss_open_mb": rss_open, "anon_open_mb": anon_open}
+    figures: dict = {"open_s": opened, "first_query_ms": first_query * 1000, "rss_import_mb": import_rss,
+                     "rss_open_mb": rss_open, "anon_open_mb": anon_open}  # fmt: skip
     top10: dict[str, list[list[str]]] = {}
     qs = queries(dim, n_queries + 2, seed)
     with warnings.catch_warnings():
@@ -237,6 +251,13 @@ def measure(store: str, size: int, dim: int, seed: int, n_queries: int, workdir:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def store_name(store: str) -> str:
+    if store.startswith("hnsw-"):
+        m, ef_construct = store.split("-")[1:]
+        return f"Qdrant Edge, HNSW m={m} ef_construct={ef_construct}"
+    return {"edge": "Qdrant Edge", "local": "local mode"}[store]
+
+
 def same_top10(a: dict, b: dict) -> str:
     shares = []
     for kind in ("dense", "hybrid"):
@@ -249,7 +270,7 @@ def row(label: str, f: dict) -> str:
     return (
         f"| {label} | {f['upsert_s']:.1f} | {f['disk_mb']:.0f} | {f['rss_import_mb']:.0f} | "
         f"{f['rss_open_mb']:.0f} ({f['anon_open_mb']:.0f}) | "
-        f"{f['rss_queries_mb']:.0f} ({f['anon_queries_mb']:.0f}) | {f['open_s']:.2f} | "
+        f"{f['rss_queries_mb']:.0f} ({f['anon_queries_mb']:.0f}) | {f['open_s']:.2f} | {f['first_query_ms']:.0f} | "
         + " | ".join(f"{f[f'{k}_p50_ms']:.1f} / {f[f'{k}_p95_ms']:.1f}" for k in ("dense", "filtered", "hybrid"))
         + " |"
     )
@@ -261,6 +282,14 @@ def main() -> int:
     parser.add_argument("--dims", default=",".join(map(str, DIMS)), help="vector dimensions, comma-separated")
     parser.add_argument("--queries", type=int, default=QUERIES, help=f"queries of each kind (default {QUERIES})")
     parser.add_argument("--stores", default="edge,local", help="edge (Qdrant Edge), local (qdrant-client's local mode)")
+    parser.add_argument(
+        "--hnsw",
+        action="append",
+        default=[],
+        metavar="M/EF",
+        help="also Qdrant Edge with an HNSW graph of this m/ef_construct on every segment (e.g. 16/100; 64/512 is "
+        "Roo Code's): its build is in 'upsert s'; repeat for several",
+    )
     parser.add_argument(
         "--local-minutes", type=float, default=3.0, help="about how long local mode's queries may take per row"
     )
@@ -282,7 +311,7 @@ def main() -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     dims = [int(d) for d in args.dims.split(",")]
-    stores = args.stores.split(",")
+    stores = args.stores.split(",") + ["hnsw-" + h.replace("/", "-") for h in args.hnsw]
     report = {
         "date": datetime.date.today().isoformat(),
         "cpus": os.cpu_count(),
@@ -296,7 +325,8 @@ def main() -> int:
     )
     header = (
         "| store, chunks x dims | upsert s | disk MB | RSS before open | RSS after open | RSS after queries | open s | "
-        "dense p50 / p95 ms | filtered p50 / p95 ms | hybrid p50 / p95 ms |\n|---|---|---|---|---|---|---|---|---|---|"
+        "first query ms | dense p50 / p95 ms | filtered p50 / p95 ms | hybrid p50 / p95 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     with tempfile.TemporaryDirectory(prefix="embedstack-scale-") as tmp:
         for dim in dims:
@@ -304,21 +334,21 @@ def main() -> int:
             for size in sizes:
                 measured: dict[str, dict] = {}
                 for store in stores:
-                    label = f"{'Qdrant Edge' if store == 'edge' else 'local mode'}, {size:,} x {dim}"
+                    label = f"{store_name(store)}, {size:,} x {dim}"
                     n = args.queries
                     if store == "local":
                         n, why = local_mode_plan(size, dim, args.local_minutes, args.queries)
                         if why:
-                            print(f"| {label} | {why} ||||||||", flush=True)
+                            print(f"| {label} | {why} |||||||||", flush=True)
                             report["rows"].append({"store": store, "size": size, "dim": dim, "skipped": why})
                             continue
                     f = measure(store, size, dim, args.seed, n, Path(tmp))
                     measured[store] = f
                     print(row(label, f), flush=True)
                     report["rows"].append({"store": store, "size": size, "dim": dim, **f})
-                if len(measured) == 2:
-                    same = same_top10(measured["edge"], measured["local"])
-                    print(f"| same top-10 sets, edge vs local: {same} |||||||||", flush=True)
+                for other in [st for st in measured if st != "edge" and "edge" in measured]:
+                    same = same_top10(measured["edge"], measured[other])
+                    print(f"| same top-10 sets, {store_name(other)} vs exact: {same} ||||||||||", flush=True)
             print(f"\nload after {dim} dims: {os.getloadavg()[0]:.1f}\n", flush=True)
     if args.json:
         for r in report["rows"]:
