@@ -152,6 +152,7 @@ bench: setup vllm-venv
 	$(BIN)/python tools/bench/unit_memory_bench.py
 	# The local engine on CUDA when torch sees a GPU, else this CPU (tools/bench/device_gpu_bench.sh on a lent GPU).
 	$(BIN)/python tools/bench/gpu_bench.py
+	$(BIN)/python tools/bench/search_scale_bench.py
 
 # Retrieval quality of `embedstack search` on a code-search set from the standard library (README "Search").
 bench-quality: setup

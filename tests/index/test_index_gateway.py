@@ -1,5 +1,5 @@
 """End to end: `embedstack index` and `embedstack search` as processes, through a real gateway process
-serving the real bundled model, into the embedded Qdrant in $XDG_DATA_HOME (the default)."""
+serving the real bundled model, into the embedded Qdrant (Qdrant Edge) in $XDG_DATA_HOME (the default)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def test_index_then_search_finds_the_expected_file_through_a_real_gateway(gatewa
     first = embedstack(home, "index", str(tree), "--base-url", url)
     assert first.returncode == 0, first.stderr
     assert "files:        6 (6 new or changed" in first.stdout
-    assert (home / "embedstack" / "qdrant").is_dir()
+    assert (home / "embedstack" / "qdrant" / "edge" / "embedstack" / "edge_config.json").is_file()
+    assert f"in the embedded Qdrant in {home / 'embedstack' / 'qdrant'} (model" in first.stdout
 
     again = embedstack(home, "index", str(tree), "--base-url", url)
     assert again.returncode == 0, again.stderr
@@ -109,7 +110,7 @@ def test_index_then_search_finds_the_expected_file_through_a_real_gateway(gatewa
         found = embedstack(home, "search", query, "--base-url", url, "--json", "--limit", "3")
         assert found.returncode == 0, found.stderr
         hits = json.loads(found.stdout)
-        assert hits[0]["file_path"] == expected, (query, [h["file_path"] for h in hits])
+        assert hits[0]["file"] == str(tree / expected), (query, [h["file"] for h in hits])
         assert hits[0]["score"] > hits[-1]["score"]
 
     shown = embedstack(home, "search", "snapshots", "--base-url", url, "--path", "docs", "--limit", "1")

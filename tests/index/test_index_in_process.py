@@ -1,16 +1,18 @@
 """`embedstack index` and `search` in-process: the real app with a fake engine (vectors from a hash of the
 text, so these test the mechanics, not the ranking), the official openai client over an ASGI transport,
-and qdrant-client's real embedded Qdrant in a temporary directory. The real model through a real gateway
-process is in test_index_gateway.py."""
+and the real embedded Qdrant (Qdrant Edge) in a temporary directory. The real model through a real gateway
+process is in test_index_gateway.py; moving a store of qdrant-client's local mode over in test_index_local_mode.py."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,17 @@ from embedstack.cli import build_parser, main
 from embedstack.config import load_settings
 from embedstack.errors import ConfigError
 from embedstack.indexing.chunking import Chunker, estimate_tokens
+from embedstack.indexing.edge import EdgeCollections
 from embedstack.indexing.endpoint import Endpoint
-from embedstack.indexing.store import POINT_NAMESPACE, QdrantTarget, open_qdrant, roo_collection_name
+from embedstack.indexing.store import (
+    EMBEDDED_INDEXES,
+    POINT_NAMESPACE,
+    QdrantTarget,
+    ensure_collection,
+    open_embedded,
+    open_qdrant,
+    roo_collection_name,
+)
 from fake_engine import FakeEngines
 from qdrant_client import QdrantClient, models
 from starlette.testclient import TestClient
@@ -137,17 +148,24 @@ def summary_of(out: str) -> dict[str, int]:
     }
 
 
-def points(qpath: Path, collection: str = "embedstack") -> list[models.Record]:
-    client = QdrantClient(path=str(qpath))
+@contextmanager
+def store(qpath: Path) -> Iterator[EdgeCollections]:
+    """The embedded store as `embedstack` opens it (locked while open)."""
+    client = open_embedded(qpath)
     try:
+        yield client
+    finally:
+        client.close()
+
+
+def points(qpath: Path, collection: str = "embedstack") -> list[models.Record]:
+    with store(qpath) as client:
         found, offset = [], None
         while True:
             batch, offset = client.scroll(collection, limit=1000, offset=offset, with_payload=True)
             found += batch
             if offset is None:
                 return found
-    finally:
-        client.close()
 
 
 def chunk_points(qpath: Path) -> list[models.Record]:
@@ -168,22 +186,10 @@ def assert_consistent(qpath: Path, tree: Path) -> None:
         assert sha == hashlib.sha256((tree / path).read_bytes()).hexdigest()
 
 
-def test_index_walks_chunks_embeds_and_writes_roo_codes_schema(http, tree, qpath, capsys, monkeypatch):
-    created, indexed = {}, []
-    create, create_index = QdrantClient.create_collection, QdrantClient.create_payload_index
-
-    def spy_create(self, name, **kwargs):
-        created.update(kwargs)
-        return create(self, name, **kwargs)
-
-    def spy_index(self, name, field_name, **kwargs):
-        indexed.append(field_name)
-        return create_index(self, name, field_name=field_name, **kwargs)
-
-    monkeypatch.setattr(QdrantClient, "create_collection", spy_create)
-    monkeypatch.setattr(QdrantClient, "create_payload_index", spy_index)
+def test_index_walks_chunks_embeds_and_writes_roo_codes_schema(http, tree, qpath, capsys):
     assert index(http, tree, qpath) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"collection:   embedstack in the embedded Qdrant in {qpath} ")
     figures = summary_of(out)
     assert figures["files"] == 5  # config.py, retry.py, guide.md, copy.md, .gitignore; not build/ nor logo/big
     assert "1 binary" in out and "1 too large" in out
@@ -197,20 +203,40 @@ def test_index_walks_chunks_embeds_and_writes_roo_codes_schema(http, tree, qpath
     assert set(sample.payload) >= {"filePath", "codeChunk", "startLine", "endLine", "segmentHash", "pathSegments"}
     assert sample.payload["pathSegments"] == {"0": "src", "1": "config.py"}
     assert str(sample.id) == str(__import__("uuid").uuid5(POINT_NAMESPACE, sample.payload["segmentHash"]))
-    text = (tree / "src/config.py").read_text().splitlines()
     for p in chunks:
         lines = (tree / p.payload["filePath"]).read_text().splitlines()
         body = "\n".join(lines[p.payload["startLine"] - 1 : p.payload["endLine"]])
         assert p.payload["codeChunk"].strip() in body, "startLine/endLine do not hold the chunk"
-    assert text  # the fixture is not empty
 
-    client = QdrantClient(path=str(qpath))
-    info = client.get_collection("embedstack")
+    with store(qpath) as client:
+        vectors = client.get_collection("embedstack").config.params.vectors
+        schema = client._shard("embedstack").info().payload_schema  # what Qdrant Edge itself reports
+    assert (vectors.size, vectors.distance) == (384, models.Distance.COSINE)
+    assert sorted(schema) == sorted(EMBEDDED_INDEXES)
+    assert {str(schema[k].data_type) for k in schema} == {"PayloadSchemaType.Keyword"}
+    assert (qpath / "edge" / "embedstack" / "edge_config.json").is_file()
+
+
+def test_a_deployed_qdrant_gets_roo_codes_collection_settings(monkeypatch):
+    """What ensure_collection asks of a server (a QdrantClient; its in-memory local mode records the calls)."""
+    created, indexed = {}, []
+    create, create_index = QdrantClient.create_collection, QdrantClient.create_payload_index
+
+    def spy_create(self, name, **kwargs):
+        created.update(kwargs)
+        return create(self, name, **kwargs)
+
+    def spy_index(self, name, field_name, **kwargs):
+        indexed.append(field_name)
+        return create_index(self, name, field_name=field_name, **kwargs)
+
+    monkeypatch.setattr(QdrantClient, "create_collection", spy_create)
+    monkeypatch.setattr(QdrantClient, "create_payload_index", spy_index)
+    client = QdrantClient(location=":memory:")
+    assert ensure_collection(client, "ws-0123456789abcdef", 384, False, "a server")
     client.close()
-    vectors = info.config.params.vectors
+    vectors, hnsw = created["vectors_config"], created["hnsw_config"]
     assert (vectors.size, vectors.distance, vectors.on_disk) == (384, models.Distance.COSINE, True)
-    # the embedded Qdrant does not keep HNSW settings (it searches exhaustively): what was asked is checked
-    hnsw = created["hnsw_config"]
     assert (hnsw.m, hnsw.ef_construct, hnsw.on_disk) == (64, 512, True)
     assert sorted(indexed) == ["pathSegments.0", "pathSegments.1", "pathSegments.2", "pathSegments.3",
                                "pathSegments.4", "type"]  # fmt: skip
@@ -229,11 +255,8 @@ def test_search_finds_the_file_and_prints_ranked_hits(http, tree, qpath, capsys)
     assert float(capsys.readouterr().out.splitlines()[0].split()[-1]) == pytest.approx(1.0, abs=1e-3)  # cosine
 
     assert run(http, "search", "firewall", "--qdrant-path", str(qpath), "--path", "docs", "--json") == 0
-    import json
-
     hits = json.loads(capsys.readouterr().out)
-    assert hits and all(h["file_path"].startswith("docs/") for h in hits)
-    assert {"file", "start_line", "end_line", "score", "snippet"} <= set(hits[0])
+    assert hits and all(h["file"].startswith(str(tree / "docs") + "/") for h in hits)
 
 
 def test_query_is_embedded_as_a_query(http, tree, qpath, engines, capsys, monkeypatch):
@@ -319,10 +342,9 @@ def test_git_work_tree_indexes_tracked_files_and_globs_filter(http, tree, qpath,
 
 
 def test_a_collection_of_another_dimension_is_refused_and_kept(http, tree, qpath, capsys):
-    client = QdrantClient(path=str(qpath))
-    client.create_collection("embedstack", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE))
-    client.upsert("embedstack", points=[models.PointStruct(id=1, vector=[1.0] * 8, payload={"keep": True})])
-    client.close()
+    with store(qpath) as client:
+        client.create_collection("embedstack", models.VectorParams(size=8, distance=models.Distance.COSINE))
+        client.upsert("embedstack", points=[models.PointStruct(id=1, vector=[1.0] * 8, payload={"keep": True})])
     assert index(http, tree, qpath) == 2
     err = capsys.readouterr().err
     assert "8-dimensional" in err and "384" in err and "--recreate" in err and err.count("\n") == 1
@@ -340,7 +362,7 @@ def test_roo_workspace_searches_roo_codes_own_collection_read_only(http, tmp_pat
     qpath = tmp_path / "qdrant"
     name = roo_collection_name(str(workspace))
     assert name.startswith("ws-") and len(name) == 19
-    client = QdrantClient(path=str(qpath))
+    client = open_embedded(qpath)
     client.create_collection(
         name,
         vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE, on_disk=True),
@@ -369,15 +391,15 @@ def test_roo_workspace_searches_roo_codes_own_collection_read_only(http, tmp_pat
 
     monkeypatch.chdir(tmp_path)
     assert run(http, "search", chunks[1][1], "--roo-workspace", "ws", "--qdrant-path", str(qpath), "--json") == 0
-    import json
-
     hits = json.loads(capsys.readouterr().out)
-    assert [h["file"] for h in hits] == ["lib/db.ts", "src/app.ts"]  # the metadata point is never a hit
+    # paths open from here: Roo Code's filePath is relative to the workspace; the metadata point is never a hit
+    assert [h["file"] for h in hits] == ["ws/lib/db.ts", "ws/src/app.ts"]
     assert (hits[0]["start_line"], hits[0]["end_line"]) == (1, 9)
     assert run(http, "search", "x", "--roo-workspace", "ws", "--qdrant-path", str(qpath), "--path", "src") == 0
-    assert capsys.readouterr().out.startswith("src/app.ts:3-5")
+    assert capsys.readouterr().out.startswith("ws/src/app.ts:3-5")
     assert sorted((str(p.id), str(p.payload)) for p in points(qpath, name)) == before
-    assert QdrantClient(path=str(qpath)).get_collections().collections[0].name == name
+    with store(qpath) as client:
+        assert client.collection_names() == [name]
 
     assert run(http, "search", "x", "--roo-workspace", str(tmp_path / "other"), "--qdrant-path", str(qpath)) == 2
     assert "no collection" in capsys.readouterr().err
@@ -474,9 +496,8 @@ def test_own_collections_search_hybrid_by_default_and_roo_codes_dense(http, tree
 
     monkeypatch.setattr(search_module, "nearest", spy)
     assert index(http, tree, qpath) == 0
-    client = QdrantClient(path=str(qpath))
-    sparse = client.get_collection("embedstack").config.params.sparse_vectors
-    client.close()
+    with store(qpath) as client:
+        sparse = client.get_collection("embedstack").config.params.sparse_vectors
     assert set(sparse) == {"text"} and sparse["text"].modifier == models.Modifier.IDF
     capsys.readouterr()
     # the words of a chunk: BM25 and the fake vectors both put it first
@@ -485,10 +506,25 @@ def test_own_collections_search_hybrid_by_default_and_roo_codes_dense(http, tree
     assert run(http, "search", "x", "--qdrant-path", str(qpath), "--mode", "dense") == 0
     assert modes == ["hybrid", "dense"]
 
-    client = QdrantClient(path=str(qpath))
-    client.create_collection("roo", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
-    client.close()
+    with store(qpath) as client:
+        client.create_collection("roo", models.VectorParams(size=384, distance=models.Distance.COSINE))
     assert run(http, "search", "x", "--qdrant-path", str(qpath), "--collection", "roo", "--mode", "hybrid") == 2
     assert "no sparse vectors" in capsys.readouterr().err
     assert run(http, "search", "x", "--qdrant-path", str(qpath), "--collection", "roo") == 0
     assert modes[-1] == "dense"
+
+
+def test_index_names_the_default_store_directory(http, tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert run(http, "index", str(tree), "--quiet") == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("collection:   embedstack in the embedded Qdrant in ")
+    assert str(tmp_path / "data" / "embedstack" / "qdrant") in head and "None" not in head
+
+
+def test_search_json_has_one_path_field(http, tree, qpath, capsys):
+    assert index(http, tree, qpath) == 0
+    capsys.readouterr()
+    assert run(http, "search", "firewall", "--qdrant-path", str(qpath), "--json") == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits and all(set(h) == {"file", "start_line", "end_line", "score", "snippet"} for h in hits)

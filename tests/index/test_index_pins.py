@@ -7,7 +7,7 @@ from test_pins import NOT_ON_HOSTS, REPO, missing_dependencies, pins
 
 pytestmark = pytest.mark.fast
 
-INDEX_ONLY = {"qdrant-client", "semantic-text-splitter", "openai", "portalocker"}
+INDEX_ONLY = {"qdrant-edge-py", "qdrant-client", "semantic-text-splitter", "openai", "portalocker"}
 
 
 def test_the_index_pins_are_a_whole_closure_with_the_gateways():

@@ -7,8 +7,8 @@ more; a query or a document that occurs twice is dropped; the set is the first N
 "path:line:name", so it is the same on every run with the same Python.
 
 Each document is one file; they are indexed with the real index path (embedstack.indexing.Indexer)
-through a real gateway (`embedstack serve` in a subprocess, the bundled model) into an embedded Qdrant,
-and every query is searched three ways:
+through a real gateway (`embedstack serve` in a subprocess, the bundled model) into the embedded Qdrant
+(Qdrant Edge, as `embedstack index` uses it), and every query is searched three ways:
 - dense: the served model's vectors (what Roo Code does);
 - bm25: bm25s over the same chunks, with the sparse vectors' terms (identifiers split at _ and case);
 - hybrid: Qdrant's sparse BM25 vectors and the dense ones, fused by Qdrant's distribution-based
@@ -40,9 +40,9 @@ from embedstack.indexing.endpoint import Endpoint
 from embedstack.indexing.indexer import Indexer
 from embedstack.indexing.search import nearest
 from embedstack.indexing.sparse import terms
-from embedstack.indexing.store import NOT_METADATA
+from embedstack.indexing.store import NOT_METADATA, open_embedded
 from gateway_bench import BenchGateway
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 
 DEFAULT_PAIRS = 2000
 DEPTH = 50  # chunks looked at per query
@@ -128,7 +128,7 @@ def figures(ranks: list[int | None]) -> dict[str, float]:
     }
 
 
-def all_chunks(client: QdrantClient, collection: str) -> list[tuple[str, str]]:
+def all_chunks(client, collection: str) -> list[tuple[str, str]]:
     out, offset = [], None
     flt = models.Filter(must_not=[NOT_METADATA])
     while True:
@@ -155,7 +155,7 @@ def evaluate(url: str, api_key: str, model: str | None, n: int, workdir: Path) -
 
     endpoint = Endpoint(url, api_key, model, batch_size=32, parallel=2)
     info = endpoint.resolve()
-    client = QdrantClient(path=str(workdir / "qdrant"))
+    client = open_embedded(workdir / "qdrant")
     try:
         indexer = Indexer(endpoint, client, "quality", where="the bench's embedded Qdrant", progress=True)
         summary = indexer.run([docs])

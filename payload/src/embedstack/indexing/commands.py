@@ -27,7 +27,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     ep.add_argument("--base-url", help="OpenAI-compatible base URL (default http://127.0.0.1:8080/v1)")
     ep.add_argument("--api-key", help="API key (default: $EMBEDSTACK_API_KEY, the inventory's, or none)")
     ep.add_argument("--model", help="model id (default: the first the endpoint serves)")
-    qd = parser.add_argument_group("Qdrant (default: an embedded one in --qdrant-path)")
+    qd = parser.add_argument_group("Qdrant (default: the embedded one, Qdrant Edge in --qdrant-path)")
     qd.add_argument("--qdrant-url", help="a deployed Qdrant, e.g. https://qdrant.example:6333 (or the inventory's)")
     qd.add_argument("--qdrant-api-key", help="its API key (default: $QDRANT_API_KEY or the inventory's)")
     qd.add_argument("--qdrant-ca", metavar="PEM", help="CA bundle that signed the Qdrant's TLS certificate")
@@ -163,8 +163,9 @@ def run_search(args: argparse.Namespace, http_client=None) -> int:
     if args.roo_workspace and args.collection:
         raise ConfigError("give --collection or --roo-workspace, not both")
     collection = args.collection or DEFAULT_COLLECTION
-    if args.roo_workspace:
-        collection = roo_collection_name(os.path.abspath(os.path.expanduser(args.roo_workspace)))
+    workspace = os.path.abspath(os.path.expanduser(args.roo_workspace)) if args.roo_workspace else None
+    if workspace:
+        collection = roo_collection_name(workspace)
     endpoint, target = endpoint_and_target(args, http_client)
     endpoint.resolve()
     client = open_qdrant(target)
@@ -178,6 +179,7 @@ def run_search(args: argparse.Namespace, http_client=None) -> int:
             prefix=args.path,
             where=target.describe(),
             mode=args.mode,
+            workspace=workspace,
         )
     finally:
         client.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 from tqdm import tqdm
 
 from embedstack.indexing.chunking import Chunk, Chunker
@@ -33,6 +33,7 @@ from embedstack.indexing.store import (
     POINT_NAMESPACE,
     ensure_collection,
     has_sparse,
+    is_embedded,
     marker_id,
     path_segments,
 )
@@ -104,7 +105,7 @@ class Indexer:
     def __init__(
         self,
         endpoint: Endpoint,
-        client: QdrantClient,
+        client,  # a QdrantClient, or the embedded store (edge.py), which answers the same calls
         collection: str,
         *,
         where: str = "Qdrant",
@@ -199,6 +200,8 @@ class Indexer:
         for path in gone:
             self._delete_file(root_key, path)
         summary.deleted_files = len(gone)
+        if is_embedded(self.client):  # Qdrant Edge runs no optimizer of its own: vacuum what was replaced
+            self.client.optimize(self.collection)
         summary.seconds = time.perf_counter() - started
         return summary
 

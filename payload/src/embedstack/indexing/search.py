@@ -6,12 +6,12 @@ import os
 import textwrap
 from dataclasses import asdict, dataclass
 
-from qdrant_client import QdrantClient, models
+from qdrant_client import models
 
 from embedstack.errors import ConfigError
 from embedstack.indexing.endpoint import Endpoint
 from embedstack.indexing.sparse import SPARSE_NAME, query_vector
-from embedstack.indexing.store import NOT_METADATA, collection_dimension, has_sparse, path_filter
+from embedstack.indexing.store import NOT_METADATA, collection_dimension, has_sparse, is_embedded, path_filter
 
 SNIPPET_LINES = 3
 SEARCH_PARAMS = models.SearchParams(hnsw_ef=128, exact=False)
@@ -23,19 +23,21 @@ DEFAULT_MODE = "hybrid"
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    file: str
+    file: str  # one path, as `file:start-end` prints it: the file opens from here
     start_line: int
     end_line: int
     score: float
     snippet: str
-    file_path: str  # as stored: relative to the indexed root
 
 
-def _shown_path(payload: dict) -> str:
-    """A path the user can open from here: our own points know their root, Roo Code's do not."""
+def _shown_path(payload: dict, workspace: str | None) -> str:
+    """A path the user can open from here: our own points know their root; Roo Code's `filePath` is relative to
+    the workspace folder, when the search names it."""
     rel = str(payload.get("filePath", "?"))
     root = payload.get("indexRoot")
     if not isinstance(root, str):
+        root = workspace
+    if root is None:
         return rel
     full = os.path.join(root, rel)
     here = os.getcwd()
@@ -43,7 +45,7 @@ def _shown_path(payload: dict) -> str:
 
 
 def nearest(
-    client: QdrantClient,
+    client,
     collection: str,
     query: str,
     vector: list[float],
@@ -51,14 +53,15 @@ def nearest(
     limit: int,
     mode: str,
     fusion: models.Fusion = models.Fusion.DBSF,
+    sparse: models.SparseVector | None = None,
 ) -> models.QueryResponse:
     """Dense: the nearest vectors. Hybrid: the dense and the sparse (BM25) candidates, each list
     `HYBRID_CANDIDATES` deep, fused by Qdrant's distribution-based score fusion (each list's scores
     normalised by their mean and spread, then summed): on the bench's set it gave the best MRR and
-    recall@1, reciprocal-rank fusion (Fusion.RRF) the best recall@10 by a hair."""
-    # Roo Code's hnsw_ef; the embedded Qdrant searches exhaustively and takes none
-    local = client.init_options.get("path") or client.init_options.get("location")
-    params = None if local else SEARCH_PARAMS
+    recall@1, reciprocal-rank fusion (Fusion.RRF) the best recall@10 by a hair. `sparse` stands in for the
+    query's own BM25 terms (the scale benchmark's synthetic ones)."""
+    # Roo Code's hnsw_ef for a deployed Qdrant; the embedded one builds no HNSW graph (edge.py) and searches exactly
+    params = None if is_embedded(client) or _local_mode(client) else SEARCH_PARAMS
     if mode == "dense":
         return client.query_points(
             collection, query=vector, query_filter=flt, limit=limit, with_payload=True, search_params=params
@@ -68,7 +71,7 @@ def nearest(
         collection,
         prefetch=[
             models.Prefetch(query=vector, filter=flt, limit=depth, params=params),
-            models.Prefetch(query=query_vector(query), using=SPARSE_NAME, filter=flt, limit=depth),
+            models.Prefetch(query=sparse or query_vector(query), using=SPARSE_NAME, filter=flt, limit=depth),
         ],
         query=models.FusionQuery(fusion=fusion),
         limit=limit,
@@ -76,9 +79,15 @@ def nearest(
     )
 
 
+def _local_mode(client) -> bool:
+    """qdrant-client's own local mode (only the benchmarks still open one) takes no search params."""
+    options = getattr(client, "init_options", {})
+    return bool(options.get("path") or options.get("location"))
+
+
 def search(
     endpoint: Endpoint,
-    client: QdrantClient,
+    client,
     collection: str,
     query: str,
     *,
@@ -86,8 +95,10 @@ def search(
     prefix: str | None = None,
     where: str = "Qdrant",
     mode: str | None = None,
+    workspace: str | None = None,
 ) -> list[Hit]:
-    """The best `limit` chunks; `mode` None is DEFAULT_MODE where the collection allows it, else dense."""
+    """The best `limit` chunks; `mode` None is DEFAULT_MODE where the collection allows it, else dense.
+    `workspace`: the folder a Roo Code collection's paths are relative to."""
     model = endpoint.model or endpoint.resolve()
     dimension = collection_dimension(client, collection)
     if dimension is None:
@@ -112,12 +123,11 @@ def search(
         lines = textwrap.dedent(str(payload["codeChunk"])).strip("\n").splitlines()[:SNIPPET_LINES]
         hits.append(
             Hit(
-                file=_shown_path(payload),
+                file=_shown_path(payload, workspace),
                 start_line=int(payload["startLine"]),
                 end_line=int(payload["endLine"]),
                 score=float(point.score),
                 snippet="\n".join(lines),
-                file_path=str(payload["filePath"]),
             )
         )
     return hits

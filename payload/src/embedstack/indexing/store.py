@@ -1,4 +1,4 @@
-"""Qdrant: an embedded one (qdrant-client's local mode) or a deployed one, in Roo Code's schema.
+"""Qdrant: an embedded one (Qdrant Edge, edge.py) or a deployed one (qdrant-client), in Roo Code's schema.
 
 Roo Code's collection, from RooCodeInc/Roo-Code src/services/code-index/vector-store/qdrant-client.ts:
 - name `ws-` + the first 16 hex digits of sha256(workspace path);
@@ -12,13 +12,20 @@ embedstack adds, in the same collection: `fileHash` and `indexRoot` on every chu
 point per indexed file (`type: "metadata"`, `indexedFile`, `fileHash`), written only after the file's
 chunks are in, so an interrupted run is finished by the next one; and, in the collections it creates,
 a named sparse vector `text` (sparse.py) beside the unnamed dense one, for hybrid search. Roo Code
-ignores all of them and reads such a collection as its own.
+ignores all of them and reads such a collection as its own. The embedded store also indexes `filePath` and
+`indexRoot`, which every re-indexed file's delete filters on.
+
+The embedded store is one directory (default $XDG_DATA_HOME/embedstack/qdrant): `edge/<collection>/` holds the
+Qdrant Edge shards, `embedstack.lock` the process that has it open. One process at a time: a second one gets a
+ConfigError naming the first's pid. A directory of qdrant-client's local mode (embedstack's embedded store
+before Qdrant Edge) is moved over on its first open (local_mode.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -29,12 +36,18 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from embedstack.errors import ConfigError
+from embedstack.indexing.edge import EdgeCollections
 from embedstack.indexing.sparse import SPARSE_NAME
 
 # Roo Code's QDRANT_CODE_BLOCK_NAMESPACE (src/services/code-index/constants/index.ts)
 POINT_NAMESPACE = uuid.UUID("f47ac10b-58cc-4372-a567-0e02b2c3d479")
 INDEXED_PATH_SEGMENTS = 5
+ROO_INDEXES = ["type", *(f"pathSegments.{i}" for i in range(INDEXED_PATH_SEGMENTS))]
+EMBEDDED_INDEXES = [*ROO_INDEXES, "filePath", "indexRoot"]
 PENDING = "pending"
+EDGE_DIR = "edge"
+LOCK_FILE = "embedstack.lock"
+LOCAL_MODE_LOCK = ".lock"  # qdrant-client's local mode locks this one (qdrant_client/local/qdrant_local.py)
 
 
 def roo_collection_name(workspace: str) -> str:
@@ -77,12 +90,79 @@ class QdrantTarget:
     ca: str | None = None
     path: Path | None = None
 
+    @property
+    def store_path(self) -> Path:
+        return self.path or default_qdrant_path()
+
     def describe(self) -> str:
-        return f"Qdrant at {self.url}" if self.url else f"the embedded Qdrant in {self.path}"
+        return f"Qdrant at {self.url}" if self.url else f"the embedded Qdrant in {self.store_path}"
 
 
-def open_qdrant(target: QdrantTarget) -> QdrantClient:
-    """A client that has answered once; a ConfigError names what is wrong."""
+class EmbeddedQdrant(EdgeCollections):
+    """The embedded store's collections, with the locks that keep other processes out until close()."""
+
+    def __init__(self, path: Path, locks: list):
+        super().__init__(path / EDGE_DIR)
+        self.path = path
+        self._locks = locks
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            locks, self._locks = self._locks, []
+            for handle in locks:
+                handle.close()  # closing the descriptor releases its flock
+
+
+def _lock(root: Path, name: str, *, mark: bool):
+    """An exclusive lock on root/name, held while the returned file is open; `mark` writes our pid in it."""
+    import portalocker
+
+    handle = open(root / name, "a+")  # noqa: SIM115 (held open for as long as the store is)
+    try:
+        portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.exceptions.LockException:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(
+            f"the embedded Qdrant in {root} is in use by another process{who}: "
+            "wait for it, or use another --qdrant-path"
+        ) from None
+    if mark:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    return handle
+
+
+def open_embedded(path: Path, log=None) -> EmbeddedQdrant:
+    """The embedded store in `path`, locked for this process; a local-mode store there is moved over first."""
+    from embedstack.indexing.local_mode import is_local_mode, migrate
+
+    path.mkdir(parents=True, exist_ok=True)
+    locks = [_lock(path, LOCK_FILE, mark=True)]
+    try:
+        if is_local_mode(path):
+            migrate(path, path / EDGE_DIR, EMBEDDED_INDEXES, log)
+        locks.append(_lock(path, LOCAL_MODE_LOCK, mark=False))  # keeps an older embedstack out too
+    except BaseException:
+        for handle in locks:
+            handle.close()
+        raise
+    return EmbeddedQdrant(path, locks)
+
+
+def is_embedded(client) -> bool:
+    return getattr(client, "embedded", False)
+
+
+def open_qdrant(target: QdrantTarget):
+    """A deployed Qdrant's client that has answered once, or the embedded store; a ConfigError names what is
+    wrong."""
     if target.url:
         kwargs = {"verify": target.ca} if target.ca else {}
         client = QdrantClient(
@@ -98,15 +178,10 @@ def open_qdrant(target: QdrantTarget) -> QdrantClient:
             cause = exc.source if isinstance(exc, ResponseHandlingException) else exc
             raise ConfigError(f"cannot reach {target.describe()}: {cause}") from None
         return client
-    path = target.path or default_qdrant_path()
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        return QdrantClient(path=str(path))
-    except RuntimeError as exc:  # portalocker: another process holds the directory
-        raise ConfigError(f"{target.describe()} is in use by another process: {exc}") from None
+    return open_embedded(target.store_path, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def collection_dimension(client: QdrantClient, name: str) -> int | None:
+def collection_dimension(client, name: str) -> int | None:
     """The dense vector size of an existing collection, None when there is none."""
     if not client.collection_exists(name):
         return None
@@ -118,13 +193,13 @@ def collection_dimension(client: QdrantClient, name: str) -> int | None:
     return 0
 
 
-def has_sparse(client: QdrantClient, name: str) -> bool:
+def has_sparse(client, name: str) -> bool:
     """Whether the collection has embedstack's sparse vector (Roo Code's own collections do not)."""
     sparse = client.get_collection(name).config.params.sparse_vectors or {}
     return SPARSE_NAME in sparse
 
 
-def ensure_collection(client: QdrantClient, name: str, dimension: int, recreate: bool, where: str) -> bool:
+def ensure_collection(client, name: str, dimension: int, recreate: bool, where: str) -> bool:
     """Create the collection in Roo Code's schema; True when it was created. Another dimension is
     refused unless `recreate`, the only path that ever deletes a collection."""
     existing = collection_dimension(client, name)
@@ -145,8 +220,8 @@ def ensure_collection(client: QdrantClient, name: str, dimension: int, recreate:
         # embedstack's own addition for hybrid search; Roo Code queries the unnamed dense vector only
         sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
     )
-    for field_name in ["type", *(f"pathSegments.{i}" for i in range(INDEXED_PATH_SEGMENTS))]:
-        with warnings.catch_warnings():  # the embedded Qdrant filters without them, and says so
+    for field_name in EMBEDDED_INDEXES if is_embedded(client) else ROO_INDEXES:
+        with warnings.catch_warnings():  # qdrant-client's local mode (the quality bench's) filters without them
             warnings.simplefilter("ignore", UserWarning)
             client.create_payload_index(name, field_name=field_name, field_schema=models.PayloadSchemaType.KEYWORD)
     return True
