@@ -413,11 +413,11 @@ run_playbook() {
 # play_failure: the message of the last failed task in the last run (one line, at most 500 characters).
 play_failure() {
     local line
-    line="$(grep -E '^(fatal|failed): ' "$RUN_DIR/site.log" 2>/dev/null | tail -n 1)"
+    line="$(grep -E '^(fatal|failed): ' "$RUN_DIR/site.log" 2>/dev/null | tail -n 1)" || line=""
     if [[ "$line" =~ \"msg\":\ \"(([^\"\\]|\\.)*)\" ]]; then
         line="${BASH_REMATCH[1]}"
     fi
-    [[ -n "$line" ]] || line="$(grep -v '^[[:space:]]*$' "$RUN_DIR/site.log" 2>/dev/null | tail -n 1)"
+    [[ -n "$line" ]] || line="$(grep -v '^[[:space:]]*$' "$RUN_DIR/site.log" 2>/dev/null | tail -n 1)" || line=""
     printf '%s' "${line:-ansible-playbook failed}" | tr -s '\n\t' '  ' | cut -c1-500
 }
 
@@ -449,18 +449,21 @@ report_failure() {
     set_guest_attribute "$reason"
 }
 
-# give_up REASON: record the final failure, report it, and start the gateway alone so /ready says it; exits 1.
+# give_up REASON: on a GPU VM, record the final failure, report it, and start the gateway alone so /ready says it;
+# exits 1. The index VM (no group recreates it, its data stays) keeps retrying at each boot instead.
 give_up() {
+    if [[ "$TIER" != embedding ]]; then
+        rm -f -- "$STATE_DIR/failed-runs"
+        die "the $GROUP plays of site.yml failed twice (the next boot tries again): $1"
+    fi
     printf '%s\n' "$1" >"$FAILURE_FILE.new"
     chmod 0644 "$FAILURE_FILE.new"
     mv -f -- "$FAILURE_FILE.new" "$FAILURE_FILE"
     report_failure
-    if [[ "$TIER" == embedding ]]; then
-        log "starting the gateway without the GPU chain, to answer /ready with the reason"
-        run_playbook -e embedstack_boot_failed=true -e embedding_service_wait_for_ready=false ||
-            log "the gateway could not be started either ($(play_failure)):" \
-                "nothing answers /health, so autohealing will recreate this VM"
-    fi
+    log "starting the gateway without the GPU chain, to answer /ready with the reason"
+    run_playbook -e embedstack_boot_failed=true -e embedding_service_wait_for_ready=false ||
+        log "the gateway could not be started either ($(play_failure)):" \
+            "nothing answers /health, so autohealing will recreate this VM"
     die "the $GROUP plays of site.yml failed for good: $1"
 }
 

@@ -496,6 +496,7 @@ class GpuVm:
             EMBEDSTACK_BOOTSTRAP_REBOOT=f"touch {rebooted}",
             EMBEDSTACK_BOOTSTRAP_REBOOT_FLAG=str(self.run_dir / "nvidia-driver-reboot-required"),
             EMBEDSTACK_BOOTSTRAP_RETRY_SEC="0",
+            EMBEDSTACK_BOOTSTRAP_NO_DATA_DISK="1",  # the index tier's disk
         )
         self.boots.append(result)
         if rebooted.exists():
@@ -614,3 +615,30 @@ def test_a_driver_that_never_loads_leaves_one_failed_vm_instead_of_a_recreation_
     [vm] = gpu_group.vms
     assert vm.reboots == 1 and len(vm.boots) == 2
     assert "embedstack/boot-failure" in vm.metadata.guest_attributes
+
+
+@needs_ansible
+def test_the_index_vm_keeps_retrying_at_each_boot(gpu_group):
+    """No group recreates the Qdrant VM and its disk holds the index: a failure there is never made final."""
+    vm = gpu_group.make("index-vm")
+    vm.metadata.set_attribute("embedstack-tier", "index")
+    gpu_group.outcome("fail")
+    for _ in range(2):
+        result = vm.boot()
+        assert result.returncode != 0 and "the next boot tries again" in result.stdout, result.stdout
+    assert vm.runs == ["fail wait=True"] * 4
+    assert not (vm.disk / "opt" / "state" / "boot-failure").exists() and not vm.metadata.guest_attributes
+
+
+@needs_ansible
+def test_a_play_that_dies_without_a_task_failure_is_still_reported(gpu_group):
+    """ansible-playbook can fail before any task (a broken bundle): the report names its last line."""
+    vm = gpu_group.make("vm")
+    gpu_group.outcome("ok")
+    result = vm.boot()
+    assert result.returncode == 0
+    (vm.disk / "opt" / "bundle" / "current" / "ansible" / "site.yml").write_text("- hosts: all\n  tasks: [\n")
+    (vm.disk / "opt" / "bundle" / "current" / "ansible" / "site.yml").chmod(0o644)
+    result = vm.boot()
+    assert result.returncode != 0 and "BOOT FAILED for good" in result.stdout, result.stdout[-2000:]
+    assert (vm.disk / "opt" / "state" / "boot-failure").read_text().strip(), "no reason recorded"
