@@ -16,11 +16,14 @@ from ansible_play import run_play
 KERNEL = "6.1.0-99-cloud-amd64"
 
 
-def check(tmp_path: Path, module_built: bool) -> tuple[str, Path]:
+def check(tmp_path: Path, module_built: bool, smi_works: bool = False) -> tuple[str, Path]:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "nvidia-smi").write_text(
-        '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+        "#!/bin/sh\necho 580.105.08\n"  # --query-gpu=driver_version --format=csv,noheader: one line per GPU
+        if smi_works
+        else '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\n'
+        "exit 9\n"
     )
     (bindir / "modinfo").write_text(
         "#!/bin/sh\necho 580.105.08\n"
@@ -40,7 +43,7 @@ def check(tmp_path: Path, module_built: bool) -> tuple[str, Path]:
     import os
 
     proc, _ = run_play([play], tmp_path, must_pass=False, env={"PATH": f"{bindir}:{os.environ['PATH']}"})
-    assert proc.returncode != 0, proc.stdout
+    assert (proc.returncode == 0) == smi_works, proc.stdout
     return proc.stdout, flag
 
 
@@ -56,3 +59,8 @@ def test_a_failure_a_reboot_cannot_fix_writes_no_flag(tmp_path: Path) -> None:
     out, flag = check(tmp_path, module_built=True)
     assert not flag.exists()
     assert "nvidia-smi failed" in out and "exit 9" in out
+
+
+def test_a_working_driver_of_the_branch_asks_for_nothing(tmp_path: Path) -> None:
+    _, flag = check(tmp_path, module_built=False, smi_works=True)
+    assert not flag.exists()
