@@ -124,6 +124,8 @@ def main() -> dict[str, object]:
         metadata={
             **common,
             "embedstack-tier": "embedding",
+            # The bootstrap publishes a boot that failed for good as the guest attribute embedstack/boot-failure.
+            "enable-guest-attributes": "TRUE",
             # The DLVM's own first-boot installer; elsewhere the nvidia_driver role installs the driver.
             **({"install-nvidia-driver": "True"} if settings.image_installs_driver else {}),
         },

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from catalog import IAP_RANGE
+from catalog import IAP_RANGE, gpu_count
 from config import Settings, resource_stem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,6 +184,8 @@ def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
         "embedstack_region": settings.region,
         "embedstack_gpu_type": settings.gpu.key,
         "embedstack_machine_type": settings.machine_type,
+        # one /dev/nvidiaN per GPU, made at every boot (role nvidia_device_nodes)
+        "embedstack_gpu_count": gpu_count(settings.machine_type),
         # The embedding tier installs NVIDIA's driver itself unless its image (a Deep Learning VM) does.
         "embedstack_install_nvidia_driver": not settings.image_installs_driver,
         "embedstack_model_id": model.id,

@@ -116,6 +116,22 @@ GPUS: dict[str, Gpu] = {
 QWEN3_CODE_QUERY = "Instruct: Given a code search query, retrieve relevant code\nQuery:"
 
 
+# GPUs per machine type (Google's "GPU machine types" page, A2 and G2 tables, checked November 2026): a2-highgpu-Ng
+# and a2-ultragpu-Ng carry N; a G2 carries one L4 except g2-standard-24 (2), -48 (4) and -96 (8). The VM's boot
+# unit makes one /dev/nvidiaN per GPU (vars.yml embedstack_gpu_count).
+G2_GPUS: dict[int, int] = {4: 1, 8: 1, 12: 1, 16: 1, 24: 2, 32: 1, 48: 4, 96: 8}
+
+
+def gpu_count(machine_type: str) -> int:
+    """How many GPUs an A2 or G2 machine type carries."""
+    family, _, size = machine_type.rpartition("-")
+    if family in ("a2-highgpu", "a2-ultragpu") and size.endswith("g"):
+        return int(size[:-1])
+    if family == "g2-standard":
+        return G2_GPUS[int(size)]
+    raise ValueError(f"{machine_type} is not an A2 or G2 machine type")
+
+
 @dataclass(frozen=True)
 class Model:
     id: str  # the model id clients send (vLLM --served-model-name, the gateway's model id)

@@ -46,6 +46,17 @@ PYPI = "https://pypi.org/simple"
 TARGETS = (("3.11", "x86_64-manylinux_2_36"), ("3.12", "x86_64-manylinux_2_39"))
 # Pins files hashed into locks; the resolved ones first, so their pins are fresh when hashed.
 CUDA_PINS = REPO / "roles/vllm/files/requirements-cuda.txt"
+# The cuda closure's compiler pieces stay on CUDA 13.0, the CUDA of the 580 driver floor: what compiles kernels at run
+# time (Triton, FlashInfer's and humming-kernels' JIT through nvcc/NVRTC, nvJitLink's LTO in cuFFT/cuSPARSE) may hand
+# the driver PTX, and a driver JIT-compiles only PTX no newer than its own CUDA (NVIDIA, "CUDA Compatibility": minor
+# version compatibility excludes PTX from a newer toolkit, cudaErrorUnsupportedPtxVersion). cuda-toolkit 13.0.3.0,
+# which torch 2.13.0 pulls, pins nvcc, nvvm and crt 13.0.88 and lets nvjitlink float to <14.
+CUDA_CONSTRAINTS = (
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-nvvm==13.0.*",
+    "nvidia-nvjitlink==13.0.*",
+)
 BOOTSTRAP_CORE_PINS = REPO / "ansible/requirements-bootstrap-core.txt"
 BOOTSTRAP_PINS = REPO / "ansible/requirements-bootstrap.txt"
 PINS = (
@@ -95,19 +106,21 @@ def vllm_version() -> str:
 # --- resolving a closure -----------------------------------------------------------------------
 
 
-def resolve(top: list[str], pins: Path, upgrade: bool) -> dict[str, str]:
+def resolve(top: list[str], pins: Path, upgrade: bool, constraints: tuple[str, ...] = ()) -> dict[str, str]:
     """requirement line -> marker ('' when every target gets that version), resolved per target by uv."""
     per_target: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="lock-") as tmp:
         src = Path(tmp) / "in.txt"
         src.write_text("\n".join(top) + "\n")
+        limits = Path(tmp) / "constraints.txt"
+        limits.write_text("".join(f"{c}\n" for c in constraints))
         for python, platform in TARGETS:
             out = Path(tmp) / f"out-{python}.txt"
             if pins.exists():  # uv keeps an output file's pins where it can
                 out.write_text("\n".join(str(r) for r in read_pins(pins) if not r.marker) + "\n")
             cmd = [uv(), "pip", "compile", "--quiet", "--no-config", "--no-header", "--no-annotate"]
             cmd += ["--python-version", python, "--python-platform", platform, "--index-url", PYPI]
-            cmd += ["--upgrade"] * upgrade + [str(src), "-o", str(out)]
+            cmd += ["--upgrade"] * upgrade + ["-c", str(limits), str(src), "-o", str(out)]
             subprocess.run(cmd, check=True)
             per_target.append({canonicalize_name(r.name): pinned_version(r) for r in read_pins(out)})
     lines: dict[str, str] = {}
@@ -140,7 +153,7 @@ def write_pins(path: Path, header: str, lines: dict[str, str], include: str = ""
 def resolve_all(upgrade: bool) -> None:
     vllm = vllm_version()
     header = f"The cuda build of vLLM (vllm_build: cuda): vllm=={vllm} (vllm_version) and its closure for Linux x86_64."
-    write_pins(CUDA_PINS, header, resolve([f"vllm=={vllm}"], CUDA_PINS, upgrade))
+    write_pins(CUDA_PINS, header, resolve([f"vllm=={vllm}"], CUDA_PINS, upgrade, CUDA_CONSTRAINTS))
     core_top = [f"ansible-core=={startup_version('ANSIBLE_CORE_VERSION')}"]
     core = resolve(core_top, BOOTSTRAP_CORE_PINS, upgrade)
     header = (

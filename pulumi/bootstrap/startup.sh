@@ -10,7 +10,13 @@
 #   4. install ansible into the venv /opt/embedstack/ansible-venv (pinned versions);
 #   5. run the configure plays of ansible/site.yml with -c local on a one-host inventory whose
 #      group (embedding | qdrant) picks the plays, with inventories/gcp/group_vars, the bundle's
-#      vars.yml and the secrets file as extra vars.
+#      vars.yml and the secrets file as extra vars;
+#   6. when they fail: reboot once if the nvidia_driver role asks for it (a new kernel, nouveau, a
+#      module that does not match the running kernel), else try once more; after a second failure
+#      give up for good: the VM stays up, its reason on the serial console, in the guest attribute
+#      embedstack/boot-failure and in the gateway's /ready (503), which only the gateway serves
+#      (autohealing probes /health, so the VM is not recreated in a loop). Later boots of that VM
+#      report the failure again instead of retrying.
 # Its log goes to the serial console (when /dev/ttyS0 is writable) and to journald.
 # Secrets are written straight from the metadata server to a 0600 file; they never pass through
 # a shell variable, a command line or the log.
@@ -30,8 +36,10 @@
 #   EMBEDSTACK_BOOTSTRAP_PCI_DEVICES  PCI device directory instead of /sys/bus/pci/devices
 #   EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC most seconds to wait for the NVIDIA driver (default 900)
 #   EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC seconds between nvidia-smi tries (default 5)
-#   EMBEDSTACK_BOOTSTRAP_SYS_MODULE  where loaded kernel modules show (default /sys/module)
 #   EMBEDSTACK_BOOTSTRAP_REBOOT      the reboot command (default systemctl reboot)
+#   EMBEDSTACK_BOOTSTRAP_REBOOT_FLAG where the nvidia_driver role asks for a reboot (default
+#                                    /run/embedstack/nvidia-driver-reboot-required, its nvidia_driver_reboot_flag)
+#   EMBEDSTACK_BOOTSTRAP_RETRY_SEC   seconds before the one retry of a failure no reboot fixes (default 30)
 set -euo pipefail
 umask 022
 
@@ -54,14 +62,22 @@ readonly DATA_MOUNT="/mnt/disks/qdrant-data"
 readonly PCI_DEVICES="${EMBEDSTACK_BOOTSTRAP_PCI_DEVICES:-/sys/bus/pci/devices}"
 readonly GPU_WAIT_SEC="${EMBEDSTACK_BOOTSTRAP_GPU_WAIT_SEC:-900}"
 readonly GPU_POLL_SEC="${EMBEDSTACK_BOOTSTRAP_GPU_POLL_SEC:-5}"
-readonly SYS_MODULE="${EMBEDSTACK_BOOTSTRAP_SYS_MODULE:-/sys/module}"
 readonly REBOOT_COMMAND="${EMBEDSTACK_BOOTSTRAP_REBOOT:-systemctl reboot}"
+readonly REBOOT_FLAG="${EMBEDSTACK_BOOTSTRAP_REBOOT_FLAG:-/run/embedstack/nvidia-driver-reboot-required}"
+readonly RETRY_SEC="${EMBEDSTACK_BOOTSTRAP_RETRY_SEC:-30}"
+# The guest attribute (namespace/key) that carries a boot failure out of the VM: guest attributes need no IAM
+# permission from the VM, only enable-guest-attributes=TRUE in its metadata (Google, "Set and query guest attributes").
+readonly FAILURE_ATTRIBUTE="embedstack/boot-failure"
 # apt waits for the dpkg lock (unattended-upgrades often holds it on a first boot) instead of failing.
 readonly APT_LOCK_TIMEOUT=300
 
 readonly BUNDLE_ROOT="$ROOT/bundle"
 readonly ANSIBLE_VENV="${EMBEDSTACK_BOOTSTRAP_ANSIBLE_VENV:-$ROOT/ansible-venv}"
 readonly RUN_DIR="$ROOT/run"
+# What survives a reboot of this VM (not its recreation): failed runs, the one reboot, the final failure. The gateway
+# reads FAILURE_FILE (EMBEDSTACK_BOOT_FAILURE_FILE, from the embedstack_boot_failure_file variable).
+readonly STATE_DIR="$ROOT/state"
+readonly FAILURE_FILE="$STATE_DIR/boot-failure"
 readonly SECRETS_FILE="$SECRETS_DIR/secrets.yml"
 
 setup_logging() {
@@ -133,24 +149,6 @@ image_installs_driver() {
     local value
     value="$(attribute install-nvidia-driver 2>/dev/null)" || value=""
     [[ "$value" == [Tt]rue ]]
-}
-
-# reboot_if_nouveau_holds_the_gpu: the nvidia_driver role blacklists nouveau but cannot unload it from
-# the running kernel. When the plays failed with nouveau loaded, reboot once: this script runs again at
-# boot, and the role then finds the GPU free. A second failure with nouveau loaded is left to fail.
-reboot_if_nouveau_holds_the_gpu() {
-    local marker="$ROOT/rebooted-for-nouveau"
-    [[ "$TIER" == embedding && -d "$SYS_MODULE/nouveau" ]] || return 0
-    image_installs_driver && return 0
-    if [[ -e "$marker" ]]; then
-        log "nouveau is still loaded after the reboot for it ($marker): not rebooting again"
-        return 0
-    fi
-    : >"$marker"
-    log "nouveau holds the GPU, so the NVIDIA driver cannot load: rebooting once to apply the role's blacklist"
-    # shellcheck disable=SC2086 # EMBEDSTACK_BOOTSTRAP_REBOOT is a command line
-    $REBOOT_COMMAND
-    exit 0
 }
 
 # wait_for_gpu_driver: on the embedding tier with an NVIDIA GPU, wait (bounded) until nvidia-smi
@@ -390,9 +388,9 @@ EOF
 }
 
 run_playbook() {
-    local extra=()
+    local extra=("$@")
     [[ -f "$BUNDLE_DIR/vars.yml" ]] && extra+=(-e "@$BUNDLE_DIR/vars.yml")
-    extra+=(-e "@$SECRETS_FILE")
+    extra+=(-e "@$SECRETS_FILE" -e "embedstack_boot_failure_file=$FAILURE_FILE")
     export ANSIBLE_CONFIG="$BUNDLE_DIR/ansible.cfg"
     export ANSIBLE_ROLES_PATH="$BUNDLE_DIR/roles"
     export ANSIBLE_HOST_KEY_CHECKING=false
@@ -403,10 +401,102 @@ run_playbook() {
     log "running the $GROUP plays of site.yml on $HOST"
     local started=$SECONDS
     # shellcheck disable=SC2086 # EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS is a list of words
+    # The play's output also goes to a file, where a failure's message is found for the report.
     (cd "$BUNDLE_DIR" && "$ANSIBLE_VENV/bin/ansible-playbook" -c local -i "$INVENTORY" \
         --limit "$HOST" --skip-tags provision "${extra[@]}" -e "embedstack_tier=$TIER" \
-        ${EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS:-} ansible/site.yml) || return
+        ${EMBEDSTACK_BOOTSTRAP_PLAYBOOK_ARGS:-} ansible/site.yml) 2>&1 | tee "$RUN_DIR/site.log"
+    local rc="${PIPESTATUS[0]}"
+    ((rc == 0)) || return "$rc"
     log "configured in $((SECONDS - started)) s"
+}
+
+# play_failure: the message of the last failed task in the last run (one line, at most 500 characters).
+play_failure() {
+    local line
+    line="$(grep -E '^(fatal|failed): ' "$RUN_DIR/site.log" 2>/dev/null | tail -n 1)" || line=""
+    if [[ "$line" =~ \"msg\":\ \"(([^\"\\]|\\.)*)\" ]]; then
+        line="${BASH_REMATCH[1]}"
+    fi
+    [[ -n "$line" ]] || line="$(grep -v '^[[:space:]]*$' "$RUN_DIR/site.log" 2>/dev/null | tail -n 1)" || line=""
+    printf '%s' "${line:-ansible-playbook failed}" | tr -s '\n\t' '  ' | cut -c1-500
+}
+
+# set_guest_attribute VALUE: publish VALUE as the guest attribute FAILURE_ATTRIBUTE (best effort: a VM without
+# enable-guest-attributes gets 403 "Guest attributes endpoint access is disabled.").
+set_guest_attribute() {
+    local code
+    code="$(printf '%s' "$1" | curl -sS -o "$TMP/guest-attribute" -w '%{http_code}' --max-time 10 --noproxy '*' \
+        -X PUT --data-binary @- -H 'Metadata-Flavor: Google' \
+        "$METADATA_URL/computeMetadata/v1/instance/guest-attributes/$FAILURE_ATTRIBUTE" 2>/dev/null)" || code=000
+    if [[ "$code" == 200 ]]; then
+        log "guest attribute $FAILURE_ATTRIBUTE set" \
+            "(gcloud compute instances get-guest-attributes <vm> --query-path=$FAILURE_ATTRIBUTE)"
+    else
+        log "could not set the guest attribute $FAILURE_ATTRIBUTE" \
+            "(HTTP $code: $(head -c 200 "$TMP/guest-attribute" 2>/dev/null | tr -d '\n'))"
+    fi
+}
+
+# report_failure: say on the serial console and in the guest attribute why this VM cannot serve.
+report_failure() {
+    local reason
+    reason="$(cat -- "$FAILURE_FILE")"
+    log "BOOT FAILED for good, no more reboots or retries: $reason"
+    log "the VM stays up, out of the load balancer: /ready answers 503 with this reason;" \
+        "autohealing (on /health) keeps it."
+    log "Fix the cause (pulumi up rolls new VMs), or retry here:" \
+        "rm $FAILURE_FILE $STATE_DIR/failed-runs $STATE_DIR/rebooted && reboot"
+    set_guest_attribute "$reason"
+}
+
+# give_up REASON: on a GPU VM, record the final failure, report it, and start the gateway alone so /ready says it;
+# exits 1. The index VM (no group recreates it, its data stays) keeps retrying at each boot instead.
+give_up() {
+    if [[ "$TIER" != embedding ]]; then
+        rm -f -- "$STATE_DIR/failed-runs"
+        die "the $GROUP plays of site.yml failed twice (the next boot tries again): $1"
+    fi
+    printf '%s\n' "$1" >"$FAILURE_FILE.new"
+    chmod 0644 "$FAILURE_FILE.new"
+    mv -f -- "$FAILURE_FILE.new" "$FAILURE_FILE"
+    report_failure
+    log "starting the gateway without the GPU chain, to answer /ready with the reason"
+    run_playbook -e embedstack_boot_failed=true -e embedding_service_wait_for_ready=false ||
+        log "the gateway could not be started either ($(play_failure)):" \
+            "nothing answers /health, so autohealing will recreate this VM"
+    die "the $GROUP plays of site.yml failed for good: $1"
+}
+
+# configure: run the plays; on a failure reboot once when the nvidia_driver role asks for it (the script runs again
+# at boot), else try once more; a second failure, on this boot or after the reboot, gives up for good.
+configure() {
+    local failures reason
+    while :; do
+        rm -f -- "$REBOOT_FLAG"
+        if run_playbook; then
+            rm -f -- "$STATE_DIR/failed-runs"
+            return 0
+        fi
+        failures=$(($(cat -- "$STATE_DIR/failed-runs" 2>/dev/null || echo 0) + 1))
+        printf '%s\n' "$failures" >"$STATE_DIR/failed-runs"
+        if [[ -s "$REBOOT_FLAG" ]]; then
+            reason="$(cat -- "$REBOOT_FLAG")"
+            if [[ ! -e "$STATE_DIR/rebooted" ]]; then
+                printf '%s\n' "$reason" >"$STATE_DIR/rebooted"
+                log "the nvidia_driver role needs a reboot: $reason. Rebooting once; this script runs again at boot"
+                # shellcheck disable=SC2086 # EMBEDSTACK_BOOTSTRAP_REBOOT is a command line
+                $REBOOT_COMMAND
+                exit 0
+            fi
+            give_up "still after the one reboot ($(cat -- "$STATE_DIR/rebooted")): $reason"
+        fi
+        reason="$(play_failure)"
+        if ((failures >= 2)); then
+            give_up "the $GROUP plays failed twice; last: $reason"
+        fi
+        log "the $GROUP plays failed ($reason); trying once more in $RETRY_SEC s"
+        sleep "$RETRY_SEC"
+    done
 }
 
 main() {
@@ -430,12 +520,15 @@ main() {
         log "stopping after install (EMBEDSTACK_BOOTSTRAP_STOP_AFTER=install)"
         return 0
     fi
+    install -d -m 0755 "$STATE_DIR"
+    if [[ -s "$FAILURE_FILE" ]]; then
+        # A VM that gave up stays failed across its reboots: a new VM (pulumi up, or a recreate) retries.
+        report_failure
+        die "this VM's boot failed for good earlier; not configuring it again"
+    fi
     wait_for_gpu_driver
     write_inventory
-    if ! run_playbook; then
-        reboot_if_nouveau_holds_the_gpu
-        die "the $GROUP plays of site.yml failed (the log above says where)"
-    fi
+    configure
     log "done in $((SECONDS - started)) s"
 }
 

@@ -3,8 +3,15 @@ external passthrough Network Load Balancer with a reserved address.
 
 A preempted VM is deleted (instanceTerminationAction DELETE) and the group recreates it; it
 configures itself from the bundle at boot. Clients only ever see the load balancer's reserved
-address, so their settings survive every preemption. The load balancer's health check and the
-group's autohealing both probe the gateway's /ready, which turns 503 the moment a drain starts.
+address, so their settings survive every preemption. The load balancer's health check probes the
+gateway's /ready, which turns 503 the moment a drain starts, while vLLM is down, and for good on a VM
+whose GPU driver failed twice (pulumi/bootstrap/startup.sh; the reason is in /ready and the guest
+attribute embedstack/boot-failure). Autohealing probes /health instead, whether the gateway answers at
+all: Google's "Set up an application-based health check and autohealing" page
+(https://cloud.google.com/compute/docs/instance-groups/autohealing-instances-in-migs) has autohealing
+recreate failed VMs and advises a separate, less aggressive check than the load balancer's, and a VM
+that failed its boot for good would fail the same way from the same image, so recreating it would
+only loop, a spot GPU billed each time. The failed VM stays up for its owner to read why.
 
 With embedstack:tls (the default) the gateway serves HTTPS on the same port with a certificate
 from the stack's CA for the reserved address, and both health checks probe over HTTPS (Google's
@@ -118,18 +125,19 @@ class EmbeddingTier(pulumi.ComponentResource):
             opts=child,
         )
 
-        # Autohealing: patient (a first boot installs the driver, vLLM and the model), then firm.
+        # Autohealing: patient (a first boot installs the driver, vLLM and the model, and may reboot once), then
+        # firm. It probes /health, the gateway's liveness: /ready is the load balancer's (see the module docstring).
         autoheal_check = gcp.compute.HealthCheck(
             f"{name}-autoheal",
-            description="embedstack gateway /ready, for autohealing",
+            description="embedstack gateway /health, for autohealing",
             check_interval_sec=10,
             timeout_sec=5,
             healthy_threshold=2,
             unhealthy_threshold=6,
-            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready")
+            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/health")
             if ca is None
             else None,
-            https_health_check=gcp.compute.HealthCheckHttpsHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready")
+            https_health_check=gcp.compute.HealthCheckHttpsHealthCheckArgs(port=GATEWAY_PORT, request_path="/health")
             if ca is not None
             else None,
             project=s.project,

@@ -3,6 +3,10 @@
 Each is a `gcp.projects.Service` with `disable_on_destroy=False`: `pulumi destroy` leaves the API
 on, because other workloads in the project may use it too, and turning Compute Engine off would
 delete what they run. Every other component waits for these (child_options).
+
+Right after an API is enabled Google may still answer 403 SERVICE_DISABLED for a while
+(terraform-provider-google issues #8214 and #11023; in #8214 a 10-minute sleep did not help and a
+second apply did): pulumi/README.md tells the user to run `pulumi up` again, which is safe.
 """
 
 from __future__ import annotations

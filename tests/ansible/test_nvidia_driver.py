@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from ansible_play import ANSIBLE_PLAYBOOK, REPO, assert_outcome, describe, run_cases
+from standins.nvidia_apt import NEWER_KERNEL, NEWER_KERNEL_VERSION
 
 sys.path.insert(0, str(REPO / "roles" / "nvidia_driver" / "filter_plugins"))
 import nvidia_driver as role_filters
@@ -291,7 +292,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
         start_container(key.with_suffix(".pub").read_text())
         fingerprint = new_signing_key(work / "gnupg")
-        build_repository(work / "www" / "debian12" / "x86_64", [580, 590], work / "gnupg")
+        build_repository(work / "www" / "debian12" / "x86_64", [580, 590], work / "gnupg", newer_kernel=True)
         build_repository(work / "www" / "only570" / "x86_64", [570], work / "gnupg")
         server = serve(work / "www", HOST_IP)
         assert attach("true").returncode == 0
@@ -345,6 +346,25 @@ def test_role_installs_and_pins_the_580_branch(lab: dict) -> None:
     message = failure(report)
     assert proc.returncode != 0 and "570.133.20-1" in message and "580" in message, describe(proc)
     assert nvidia_packages() == ""
+
+    # The image's kernel is older than the archive: its headers are gone, only a newer kernel's are offered. The role
+    # installs that kernel with its headers (Debian's cloud meta-packages), records why a reboot is needed for the
+    # bootstrap, and stops before any driver package (issue 23, section 2).
+    running = attach("uname", "-r").stdout.strip()
+    assert (
+        "Candidate: (none)" in attach("apt-cache", "policy", f"linux-headers-{running}").stdout
+        or not attach("apt-cache", "policy", f"linux-headers-{running}").stdout.strip()
+    ), f"an archive offers headers for this host's kernel {running}: the case cannot be shown here"
+    proc, report = play(work, key, {**base, "nvidia_driver_kernel_headers": f"linux-headers-{running}"})
+    message = failure(report)
+    assert proc.returncode != 0 and "must reboot" in message and NEWER_KERNEL in message, describe(proc)
+    assert running in message and "No driver package was installed" in message, message
+    flag = attach("cat", "/run/embedstack/nvidia-driver-reboot-required").stdout
+    assert NEWER_KERNEL in flag and running in flag, flag
+    kernel_debs = attach("sh", "-c", "dpkg-query -W -f '${Package} ${Version}\\n' 'linux-*'").stdout
+    for package in ("linux-image-cloud-amd64", "linux-headers-cloud-amd64", f"linux-headers-{NEWER_KERNEL}"):
+        assert f"{package} {NEWER_KERNEL_VERSION}" in kernel_debs, kernel_debs
+    assert "nvidia-driver-cuda" not in nvidia_packages() and "nvidia-kernel-open-dkms" not in nvidia_packages()
 
     # The real run: repository with signed-by and the pinned fingerprint, the 580 branch installed and pinned.
     proc, report = play(work, key, {**base})

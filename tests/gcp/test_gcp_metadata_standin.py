@@ -123,3 +123,18 @@ def test_close_releases_a_hanging_wait():
     standin.close()
     thread.join(10)
     assert not thread.is_alive() and time.monotonic() - started < 5
+
+
+def test_guest_attributes_need_enabling_then_round_trip(metadata):
+    """Google's "Set and query guest attributes": PUT/GET/DELETE instance/guest-attributes/<ns>/<key> from the VM,
+    403 while enable-guest-attributes is not TRUE in the instance metadata."""
+    url = metadata.url + V1 + "instance/guest-attributes/embedstack/boot-failure"
+    refused = httpx.put(url, content="driver", headers=GOOGLE)
+    assert refused.status_code == 403 and "Guest attributes endpoint access is disabled" in refused.text
+    metadata.set_attribute("enable-guest-attributes", "TRUE")
+    assert httpx.put(url, content="driver did not load", headers={}).status_code == 403  # the flavor header
+    assert httpx.get(url, headers=GOOGLE).status_code == 404
+    assert httpx.put(url, content="driver did not load", headers=GOOGLE).status_code == 200
+    assert httpx.get(url, headers=GOOGLE).text == "driver did not load"
+    assert metadata.guest_attributes == {"embedstack/boot-failure": "driver did not load"}
+    assert httpx.delete(url, headers=GOOGLE).status_code == 200 and metadata.guest_attributes == {}

@@ -17,6 +17,13 @@ What stands in for Google (each says so where it is defined):
   SIGKILL after its 30 s timeout. A recreated VM is a fresh container from the base rootfs.
 - The GPU: the VM runs the GPU tier's chain, gateway -> vLLM on 127.0.0.1:8001, with vLLM's cpu
   build (vllm_build: cpu) serving all-MiniLM-L6-v2 instead of Qwen3 on an L4.
+- The NVIDIA device nodes (issue 23, section 1): the VM boots with none (LXC gives every boot a fresh /dev,
+  as a VM's devtmpfs starts without them). NVIDIA_MODPROBE stands in for /usr/bin/nvidia-modprobe and makes
+  the nodes with /dev/null's device numbers, as the Proxmox stand-in's nodes are (tests/proxmox/conftest.py);
+  CUDA_INIT, run as an ExecStartPre of vllm.service (a drop-in), refuses to start vLLM while a node CUDA
+  opens is missing or cannot be opened read-write by the service, as CUDA's initialisation would. Both
+  follow NVIDIA/nvidia-modprobe (nvidia-modprobe.c, option-table.h, modprobe-utils/nvidia-modprobe-utils.c,
+  the man page).
 - The wheelhouses and the model: no hub and no PyPI inside the VM. build/wheelhouse (the
   gateway's pins) with the bundle's own embedstack wheel, build/vllm-wheelhouse (the cpu build's
   locked closure) and the bundled model are bind-mounted read-only and installed offline.
@@ -114,6 +121,69 @@ rc=$?
 echo "$kind-script exit status $rc after $((SECONDS - started)) s"
 echo "Finished running $kind scripts."
 exit 0
+"""
+
+# -- the NVIDIA stand-ins (see the module docstring) ----------------------------------------------------
+
+NVIDIA_MODPROBE = "/usr/bin/nvidia-modprobe"
+NVIDIA_MODPROBE_TEXT = r"""#!/bin/bash
+# STAND-IN for nvidia-modprobe (embedstack e2e only), after NVIDIA/nvidia-modprobe: -c N makes /dev/nvidiaN (minor
+# 255: /dev/nvidiactl); -u makes the nvidia-uvm nodes *instead* (its -c 0: /dev/nvidia-uvm, /dev/nvidia-uvm-tools);
+# each node 0666 root:root (NV_DEVICE_FILE_MODE), left alone when it is already right (mknod_helper). There is no
+# kernel module here: the nodes get /dev/null's device numbers. Like the real one it needs root: it is setuid root
+# only when nvidia-installer installs it, and a unit with NoNewPrivileges gains nothing from that.
+set -u
+[[ "$(id -u)" == 0 ]] || { echo "nvidia-modprobe (stand-in): needs root, running as $(id -un)" >&2; exit 1; }
+uvm=0 minors=()
+while (($#)); do
+    case "$1" in
+        -u | --unified-memory) uvm=1 ;;
+        -c) minors+=("$2"); shift ;;
+        --create-nvidia-device-file=*) minors+=("${1#*=}") ;;
+        *) echo "nvidia-modprobe (stand-in): unsupported option $1" >&2; exit 1 ;;
+    esac
+    shift
+done
+read -r major minor < <(stat -c '%t %T' /dev/null)
+node() {
+    local path="$1"
+    if [[ ! -c "$path" || "$(stat -c '%t %T' "$path")" != "$major $minor" ]]; then
+        rm -f -- "$path" && mknod -m 0666 "$path" c "$((16#$major))" "$((16#$minor))" || exit 1
+        echo "nvidia-modprobe (stand-in): created $path"
+    fi
+    chmod 0666 "$path" && chown root:root "$path" || exit 1
+}
+if ((uvm)); then
+    for m in "${minors[@]}"; do node /dev/nvidia-uvm; node /dev/nvidia-uvm-tools; done
+else
+    for m in "${minors[@]}"; do
+        if ((m == 255)); then node /dev/nvidiactl; else node "/dev/nvidia$m"; fi
+    done
+fi
+"""
+CUDA_INIT = "/usr/local/sbin/cuda-init-standin"
+CUDA_INIT_TEXT = r"""#!/bin/bash
+# STAND-IN for CUDA's initialisation in vllm.service's start path (embedstack e2e only): cuInit opens /dev/nvidiactl,
+# /dev/nvidia0 and /dev/nvidia-uvm; for a missing one the user-space driver fork/execs nvidia-modprobe
+# (nvidia-modprobe(1)), which cannot work from this unit (NoNewPrivileges, no capabilities), so CUDA fails to start.
+set -u
+for node in /dev/nvidiactl /dev/nvidia0 /dev/nvidia-uvm; do
+    if [[ ! -c "$node" ]]; then
+        /usr/bin/nvidia-modprobe -u -c 0 2>&1 | sed 's/^/cuda-init (stand-in): /'
+        echo "cuda-init (stand-in): CUDA initialisation failed: $node is missing and this unit cannot create it"
+        exit 1
+    fi
+    if ! { exec 3<>"$node"; } 2>/dev/null; then
+        echo "cuda-init (stand-in): CUDA initialisation failed: $(id -un) cannot open $node read-write"
+        exit 1
+    fi
+    exec 3>&-
+done
+echo "cuda-init (stand-in): /dev/nvidiactl, /dev/nvidia0 and /dev/nvidia-uvm open read-write as $(id -un)"
+"""
+CUDA_INIT_DROPIN = f"""# STAND-IN (embedstack e2e only): CUDA's initialisation, in vLLM's own sandbox, first.
+[Service]
+ExecStartPre={CUDA_INIT}
 """
 
 # The storage URL is the one test override: https://storage.googleapis.com is not reachable here.
@@ -519,6 +589,14 @@ class Vm:
         runner.parent.mkdir(parents=True, exist_ok=True)
         runner.write_text(RUNNER_TEXT)
         runner.chmod(0o755)
+        for program, text in ((NVIDIA_MODPROBE, NVIDIA_MODPROBE_TEXT), (CUDA_INIT, CUDA_INIT_TEXT)):
+            path = root / program.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(0o755)
+        dropin = root / "etc/systemd/system/vllm.service.d/50-cuda-init-standin.conf"
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(CUDA_INIT_DROPIN)
         wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         for unit, text in GUEST_AGENT_UNITS.items():

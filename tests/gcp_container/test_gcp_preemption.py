@@ -1,5 +1,6 @@
 """End-to-end: a spot VM of the embedding tier bootstraps itself, is preempted under Roo-like
-load without losing a request, and its replacement bootstraps itself again.
+load without losing a request, boots again, and its replacement bootstraps itself again. On every
+boot vLLM starts only after the boot unit made the NVIDIA device nodes (issue 23, section 1).
 
 Real: a Debian 12 systemd container (privileged LXC) as the VM, its gateway serving HTTPS with a
 certificate from a test CA as the Pulumi program would hand it over (embedstack-secrets), every
@@ -15,7 +16,7 @@ STAND-INS (gcp_vm_lab.py, conftest.py): the GCE metadata server and Cloud Storag
 with a hard kill at 30 s); the managed instance group's recreate (a fresh container from the base
 rootfs at the same address, standing in for the load balancer's stable address); the GPU (vLLM's
 cpu build); the wheelhouses and the model (bind-mounted and installed offline, never PyPI's CUDA
-torch).
+torch); nvidia-modprobe and CUDA's start-up check (gcp_vm_lab.NVIDIA_MODPROBE, CUDA_INIT).
 
 Run as root: PATH=.venv/bin:$PATH ANSIBLE_CONFIG=$PWD/ansible.cfg .venv/bin/pytest tests/gcp_container -q -s
 The figures (boot-to-ready, drain time, time to off, recreate-to-ready, request counts) are printed.
@@ -54,9 +55,11 @@ def startup_outcome(vm: lab.Vm) -> tuple[int, int] | None:
     return (int(found[-1][0]), int(found[-1][1])) if found else (-1, 0)
 
 
-def boot(gce: Any, vm: lab.Vm) -> dict[str, float]:
-    """Create and start the VM; wait for /ready 200 and for the startup-script to finish."""
-    vm.create()
+def boot(gce: Any, vm: lab.Vm, fresh: bool = True) -> dict[str, float]:
+    """Create (unless it is a reboot of the same disk) and start the VM; wait for /ready 200 and for the
+    startup-script to finish."""
+    if fresh:
+        vm.create()
     started = time.monotonic()
     vm.start()
     ready_at: float | None = None
@@ -98,6 +101,20 @@ def _ready(vm: lab.Vm, tls: lab.Tls) -> bool:
         return False
 
 
+def assert_vllm_found_its_gpu_nodes(vm: lab.Vm) -> None:
+    """This boot's /dev had no NVIDIA node until the boot unit ran the (stand-in) nvidia-modprobe as root, and CUDA's
+    (stand-in) initialisation in vllm.service then opened them as the vllm user (issue 23, section 1)."""
+    null = vm.attach("stat", "-c", "%t:%T", "/dev/null").stdout.strip()
+    for node in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
+        shown = vm.attach("stat", "-c", "%F %t:%T %a %U", node).stdout.strip()
+        assert shown == f"character special file {null} 666 root", f"{node}: {shown}"
+    unit = vm.journal("-b", "0", "-o", "cat", "-u", "embedstack-nvidia-uvm.service")
+    assert "nvidia-modprobe (stand-in): created /dev/nvidia-uvm" in unit, unit
+    cuda = vm.journal("-b", "0", "-o", "cat", "-u", "vllm.service")
+    assert "cuda-init (stand-in): /dev/nvidiactl, /dev/nvidia0 and /dev/nvidia-uvm open read-write as vllm" in cuda
+    assert "CUDA initialisation failed" not in cuda, cuda[-3000:]
+
+
 def require_vm(gce: Any) -> lab.Vm:
     if gce.vm is None:
         pytest.fail("the first boot did not bring the VM up (see the test before this one)")
@@ -113,6 +130,7 @@ def test_first_boot_runs_the_startup_script_and_serves(gce):
     times = boot(gce, vm)
     gce.vm = vm
     gce.figures["first_boot"] = times
+    assert_vllm_found_its_gpu_nodes(vm)
     assert gce.storage.downloads == [gce.bundle.object_name]
     assert gce.metadata.state.tokens, "the bundle was not fetched with a metadata-server token"
     say(
@@ -261,7 +279,31 @@ def test_preemption_under_roo_load_loses_no_request(gce):
     )
 
 
-# -- 3. the recreated VM ----------------------------------------------------------------------------
+# -- 3. a reboot of the same VM --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(1200)
+def test_the_same_vm_boots_again_and_vllm_finds_its_gpu_nodes(gce):
+    """A reboot (the bootstrap's own single reboot, or an operator's): vllm.service is enabled and starts at boot,
+    before the startup-script runs the roles again, on a /dev without NVIDIA nodes; the boot unit must make them
+    first."""
+    vm = require_vm(gce)
+    assert vm.state() == "STOPPED"
+    gce.metadata.state.put("instance/preempted", "FALSE")
+    downloads = len(gce.storage.downloads)
+    times = boot(gce, vm, fresh=False)
+    assert_vllm_found_its_gpu_nodes(vm)
+    assert len(gce.storage.downloads) == downloads, "a reboot re-downloaded the unpacked bundle"
+    # vLLM started from multi-user.target, not only when the roles ran: the boot unit ordered itself before it.
+    order = vm.journal("-b", "0", "-o", "cat", "-u", "embedstack-nvidia-uvm.service", "-u", "vllm.service")
+    assert order.index("nvidia-modprobe (stand-in): created") < order.index("cuda-init (stand-in):"), order[-3000:]
+    gce.figures["reboot"] = times
+    say(f"reboot of the same VM: container start -> /ready 200 in {times['ready']:.1f} s")
+    # The next test recreates the VM from nothing, as the group does after a preemption.
+    vm.soft_off(lab.PREEMPTION_WINDOW)
+
+
+# -- 4. the recreated VM ----------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(1200)
@@ -277,6 +319,7 @@ def test_recreated_vm_bootstraps_again_and_embeds(gce):
     times = boot(gce, vm)
     gce.vm = vm
     gce.figures["recreate"] = times
+    assert_vllm_found_its_gpu_nodes(vm)
     assert len(gce.storage.downloads) == downloads + 1, "the new VM did not fetch the bundle itself"
     say(
         f"recreated VM: container start -> /ready 200 in {times['ready']:.1f} s; startup-script done in "

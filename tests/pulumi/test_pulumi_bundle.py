@@ -33,6 +33,7 @@ from stack_mocks import (
 pytest_plugins = ["pulumi_fixtures"]
 
 HEALTH_CHECK_RANGES, IAP_RANGE, MODELS = catalog.HEALTH_CHECK_RANGES, catalog.IAP_RANGE, catalog.MODELS
+gpu_count = catalog.gpu_count
 
 
 def settings_for(stack: str, **overrides: Any) -> config.Settings:
@@ -92,6 +93,8 @@ def test_rendered_variables_hold_the_stack_values(stack_run: StackRun) -> None:
     stack_vars = yaml.safe_load(files["vars.yml"])
     assert stack_vars["embedstack_stack"] == stack_run.stack
     assert stack_vars["embedstack_machine_type"] == stack_config["embedstack:machine_type"]
+    # one /dev/nvidiaN per GPU of the machine type, made at every boot (role nvidia_device_nodes)
+    assert stack_vars["embedstack_gpu_count"] == gpu_count(stack_config["embedstack:machine_type"]) >= 1
     assert (stack_vars["embedstack_model_id"], stack_vars["embedstack_model_dimension"]) == (model.id, model.dimension)
     assert stack_vars["firewall_admin_cidrs"] == [*USER_CONFIG["embedstack:admin_cidrs"], IAP_RANGE]
     assert stack_vars["embedstack_client_cidrs"] == USER_CONFIG["embedstack:client_cidrs"]

@@ -275,3 +275,17 @@ def test_committed_stacks_hold_no_secret_and_only_known_keys() -> None:
         "embedstack:qdrant_deb_url",
         "embedstack:qdrant_deb_sha256",
     }
+
+
+@pytest.mark.parametrize(
+    ("machine_type", "gpus"),
+    [("g2-standard-8", 1), ("g2-standard-24", 2), ("g2-standard-48", 4), ("g2-standard-96", 8),
+     ("a2-highgpu-1g", 1), ("a2-highgpu-8g", 8), ("a2-ultragpu-4g", 4)],
+)  # fmt: skip
+def test_every_machine_type_knows_its_gpu_count(machine_type, gpus):
+    """The VM's boot unit makes one /dev/nvidiaN per GPU (Google's "GPU machine types" tables)."""
+    import catalog
+
+    assert catalog.gpu_count(machine_type) == gpus
+    every = [m for gpu in catalog.GPUS.values() for m in gpu.machine_types]
+    assert all(catalog.gpu_count(m) >= 1 for m in every)

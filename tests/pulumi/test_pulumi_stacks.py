@@ -134,12 +134,20 @@ def test_index_metadata_carries_only_its_own_secret(stack_run: StackRun) -> None
     }
 
 
-def test_group_autoheals_on_ready(stack_run: StackRun) -> None:
+def test_group_autoheals_on_health_and_balances_on_ready(stack_run: StackRun) -> None:
+    """Autohealing recreates a VM whose gateway does not answer /health; /ready (503 while vLLM is down, and for good
+    on a VM whose driver failed twice: issue 23) only takes it out of the load balancer, so such a VM is not recreated
+    from the same image in a loop, a spot GPU billed each time."""
     config = stack_file_config(stack_run.stack)
     group = stack_run.one(GROUP)
     check_run = next(r for r in stack_run.of_type("gcp:compute/healthCheck:HealthCheck"))
     check = stack_run.one("gcp:compute/healthCheck:HealthCheck")
-    assert check["httpsHealthCheck"] == {"port": 8080, "requestPath": "/ready"} and "httpHealthCheck" not in check
+    assert check["httpsHealthCheck"] == {"port": 8080, "requestPath": "/health"} and "httpHealthCheck" not in check
+    lb_check = stack_run.one("gcp:compute/regionHealthCheck:RegionHealthCheck")
+    assert lb_check["httpsHealthCheck"] == {"port": 8080, "requestPath": "/ready"}
+    # The bootstrap reports a boot that failed for good as a guest attribute, which the template enables.
+    template_metadata = stack_run.one(TEMPLATE)["metadata"]
+    assert template_metadata["enable-guest-attributes"] == "TRUE"
     healing = group["autoHealingPolicies"]
     assert healing["healthCheck"] == f"{check_run.name}-mock-id"
     assert healing["initialDelaySec"] == 1800

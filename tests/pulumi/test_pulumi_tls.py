@@ -26,7 +26,8 @@ ConfigError = config.ConfigError
 TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
 INSTANCE = "gcp:compute/instance:Instance"
 FORWARDING = "gcp:compute/forwardingRule:ForwardingRule"
-CHECKS = ("gcp:compute/healthCheck:HealthCheck", "gcp:compute/regionHealthCheck:RegionHealthCheck")
+# Autohealing probes the gateway's liveness, the load balancer its readiness (components/embedding_tier.py).
+CHECKS = {"gcp:compute/healthCheck:HealthCheck": "/health", "gcp:compute/regionHealthCheck:RegionHealthCheck": "/ready"}
 # How the Pulumi SDK marks a secret value on the wire (pulumi/runtime/rpc.py).
 SECRET_SIG = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -62,9 +63,9 @@ def test_the_default_stack_publishes_no_plaintext_port(stack_run: StackRun) -> N
     assert stack_run.outputs["gateway_endpoint"].startswith("https://")
     assert stack_run.outputs["roo_code_settings"]["base_url"] == stack_run.outputs["gateway_endpoint"]
     # Google's checkers probe over HTTPS, so the gateway needs no plain-HTTP port for them.
-    for typ in CHECKS:
+    for typ, path in CHECKS.items():
         check = stack_run.one(typ)
-        assert check["httpsHealthCheck"] == {"port": 8080, "requestPath": "/ready"}
+        assert check["httpsHealthCheck"] == {"port": 8080, "requestPath": path}
         assert not {"httpHealthCheck", "tcpHealthCheck", "http2HealthCheck"} & set(check)
     # Qdrant has no public address by default: reached through the IAP tunnel only.
     assert stack_run.one(INSTANCE)["networkInterfaces"][0]["accessConfigs"] == []
@@ -155,8 +156,8 @@ def test_allow_plaintext_serves_http_and_warns(run_stack, monkeypatch: pytest.Mo
     assert not any(r.typ.startswith("tls:") for r in run.resources) and "ca_certificate" not in run.outputs
     assert "embedding_service_tls_cert" not in secrets_of(run, TEMPLATE)
     assert "qdrant_enable_tls" not in secrets_of(run, INSTANCE)
-    for typ in CHECKS:
-        assert run.one(typ)["httpHealthCheck"] == {"port": 8080, "requestPath": "/ready"}
+    for typ, path in CHECKS.items():
+        assert run.one(typ)["httpHealthCheck"] == {"port": 8080, "requestPath": path}
 
 
 def test_the_default_stack_does_not_warn(run_stack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,17 @@ paths embedstack uses:
   /computeMetadata/v1/instance/service-accounts/default/token   {access_token, expires_in, token_type}
   /computeMetadata/v1/instance/hostname | zone | id
   /computeMetadata/v1/project/project-id
+  /computeMetadata/v1/instance/guest-attributes/<namespace>/<key>   PUT (body = value), GET, DELETE
+
+Guest attributes follow Google's "Set and query guest attributes"
+(https://cloud.google.com/compute/docs/metadata/manage-guest-attributes): any process on the VM may PUT, GET and
+DELETE `instance/guest-attributes/<namespace>/<key>` with `Metadata-Flavor: Google` and no IAM permission; outside the
+VM they are read with `gcloud compute instances get-guest-attributes --query-path=<namespace>/<key>` (what
+`guest_attributes` exposes here); they exist only while the instance metadata enables them (`enable-guest-attributes`
+TRUE), otherwise every such request answers 403 "Guest attributes endpoint access is disabled." (the text public
+metadata clients test for); namespace and key are `[A-Za-z0-9_-]+` (gcloud's `--query-path` pattern
+`^([\\w\\-]+/[\\w\\-]*)?$`); Google advises small, rare writes (at most 10 queries a minute), which the stand-in does
+not enforce.
 
 As documented: a request without `Metadata-Flavor: Google` is refused with 403, and so is one
 carrying `X-Forwarded-For`; every answer carries `Metadata-Flavor: Google`; values carry an
@@ -65,6 +76,7 @@ class MetadataState:
         self.failures: list[int] = []  # statuses the next requests answer with
         self.closing = False
         self.requests = 0
+        self.guest_attributes: dict[str, str] = {}  # "<namespace>/<key>" -> value
         for key, value in instance.items():
             self._put(f"instance/{key}", value)
         self._put("project/project-id", project_id)
@@ -94,6 +106,10 @@ class _Handler(StandinHandler):
     routes = (
         *((m, PREFIX + "instance/attributes", "redirect") for m in ("GET", "HEAD")),
         *((m, PREFIX + "instance/service-accounts/default/token", "token") for m in ("GET", "HEAD")),
+        *(
+            (m, PREFIX + r"instance/guest-attributes/(?P<namespace>[A-Za-z0-9_-]+)/(?P<key>[A-Za-z0-9_-]+)", "guest")
+            for m in ("GET", "PUT", "DELETE")
+        ),
         *((m, PREFIX + "(?P<path>.*)", "value") for m in ("GET", "HEAD")),
         *((m, ".*", "not_allowed") for m in ("POST", "PUT", "DELETE")),
     )
@@ -111,7 +127,8 @@ class _Handler(StandinHandler):
         self._send(status, f"<!DOCTYPE html>\n<html><title>Error {status}</title><p>{text}</p></html>\n", "text/html")
 
     def guard(self) -> bool:
-        if self.command not in ("GET", "HEAD"):
+        guest = self.path.startswith(PREFIX + "instance/guest-attributes/")
+        if self.command not in ("GET", "HEAD") and not guest:
             return True
         state = self.state
         with state.cond:
@@ -185,6 +202,29 @@ class _Handler(StandinHandler):
                 if left <= 0:
                     return
                 state.cond.wait(min(left, 0.5))
+
+    def guest(self, namespace: str, key: str) -> None:
+        state, name = self.state, f"{namespace}/{key}"
+        body = self.read_body() if self.command == "PUT" else b""
+        with state.cond:
+            enabled = state.values.get("instance/attributes/enable-guest-attributes", "").upper() == "TRUE"
+            if not enabled:
+                value, status = None, 403
+            elif self.command == "PUT":
+                state.guest_attributes[name] = body.decode("utf-8", "replace")
+                value, status = "", 200
+            elif self.command == "DELETE":
+                state.guest_attributes.pop(name, None)
+                value, status = "", 200
+            else:
+                value = state.guest_attributes.get(name)
+                status = 200 if value is not None else 404
+        if status == 403:
+            self._send(403, "Guest attributes endpoint access is disabled.\n")
+        elif status == 404:
+            self.no_route()
+        else:
+            self._send(200, value or "")
 
     def token(self) -> None:
         token = "ya29.standin-" + secrets.token_urlsafe(24)
@@ -296,6 +336,12 @@ class GceMetadataStandin:
         """The next `count` metadata requests answer `status` (a flaky server)."""
         with self.state.cond:
             self.state.failures.extend([status] * count)
+
+    @property
+    def guest_attributes(self) -> dict[str, str]:
+        """What `gcloud compute instances get-guest-attributes` would show: "<namespace>/<key>" -> value."""
+        with self.state.cond:
+            return dict(self.state.guest_attributes)
 
     def token_valid(self, token: str) -> bool:
         """Whether the token was issued by this stand-in and has not expired (for the GCS stand-in)."""

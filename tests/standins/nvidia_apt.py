@@ -30,6 +30,14 @@ copies; NVIDIA's site is unreachable from the test machine):
 - nvidia-smi: `--query-gpu=driver_version --format=csv,noheader` prints one line per GPU with the
   version only (nvidia-smi(1)).
 
+- Kernel packages (only to model an image older than the archive; NVIDIA's repository has none): Debian's cloud
+  flavour as bookworm names it, `linux-image-cloud-amd64` and `linux-headers-cloud-amd64` (meta-packages whose
+  Depends name the ABI's `linux-image-<abi>-cloud-amd64 (= <version>)` and `linux-headers-<abi>-cloud-amd64
+  (= <version>)`, `apt-cache show` of bookworm's meta-packages), for one kernel NEWER_KERNEL (ABI 6.1.0-99, version
+  6.1.999-1: newer than any bookworm kernel, so apt prefers these to Debian's mirror). The packages are empty and their
+  other dependencies (initramfs-tools, linux-kbuild, gcc) are left out: no kernel is installed or booted. Headers for
+  the running kernel are offered by no one, as on a GCE image whose kernel Debian has already replaced.
+
 Left out: every other package of the repository (CUDA, X, OpenGL, nvidia-open, cuda-drivers), real
 module builds (the fake dkms builds nothing), and any Debian contrib dependency (not confirmed).
 """
@@ -53,6 +61,9 @@ DKMS_VERSION = "3.1.8-1"
 # Debian bookworm's dkms 3.0.10-8+deb12u1 Depends, as apt-cache show prints them
 DKMS_DEPENDS = "kmod | kldutils, gcc | c-compiler, dpkg-dev, make | build-essential, patch"
 BRANCH_VERSIONS = {570: "570.133.20-1", 580: "580.105.08-1", 590: "590.48.01-1"}
+# A kernel newer than the running one and than any of Debian's (see the docstring)
+NEWER_KERNEL = "6.1.0-99-cloud-amd64"
+NEWER_KERNEL_VERSION = "6.1.999-1"
 
 
 @dataclass
@@ -64,14 +75,17 @@ class Deb:
     files: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (text, mode)
 
     def control(self) -> str:
+        kernel = self.name.startswith("linux-")
         fields = {
             "Package": self.name,
             "Version": self.version,
             "Architecture": "amd64"
             if self.name != "dkms" and not self.name.startswith("nvidia-driver-pinning")
             else "all",
-            "Maintainer": "cudatools <cudatools@nvidia.com>",
-            "Section": "NVIDIA",
+            "Maintainer": "Debian Kernel Team <debian-kernel@lists.debian.org>"
+            if kernel
+            else "cudatools <cudatools@nvidia.com>",
+            "Section": "kernel" if kernel else "NVIDIA",
             "Priority": "optional",
             **({"Depends": self.depends} if self.depends else {}),
             **self.extra,
@@ -129,10 +143,24 @@ def branch_packages(branch: int) -> list[Deb]:
     ]
 
 
-def build_repository(root: Path, branches: list[int], gnupg_home: Path) -> None:
-    """Build .debs for `branches` (plus NVIDIA's dkms), the Packages index and a signed InRelease in root."""
+def kernel_packages() -> list[Deb]:
+    """Debian's cloud-flavour meta-packages for NEWER_KERNEL, and that kernel's image and headers (empty)."""
+    v, abi = NEWER_KERNEL_VERSION, NEWER_KERNEL
+    return [
+        Deb(f"linux-image-{abi}", v),
+        Deb(f"linux-headers-{abi}", v),
+        Deb("linux-image-cloud-amd64", v, f"linux-image-{abi} (= {v})"),
+        Deb("linux-headers-cloud-amd64", v, f"linux-headers-{abi} (= {v})"),
+    ]
+
+
+def build_repository(root: Path, branches: list[int], gnupg_home: Path, newer_kernel: bool = False) -> None:
+    """Build .debs for `branches` (plus NVIDIA's dkms, and with `newer_kernel` Debian's cloud kernel packages for
+    NEWER_KERNEL), the Packages index and a signed InRelease in root."""
     root.mkdir(parents=True, exist_ok=True)
     debs = [Deb("dkms", DKMS_VERSION, DKMS_DEPENDS)] + [d for b in branches for d in branch_packages(b)]
+    if newer_kernel:
+        debs += kernel_packages()
     stanzas = []
     with tempfile.TemporaryDirectory() as tmp:
         for deb in debs:

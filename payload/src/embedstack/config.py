@@ -105,6 +105,9 @@ class Settings:
     compile: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = all cores
     log_level: str = "info"
+    # A file a host's bootstrap writes when the host can never serve (GCP: the GPU driver failed for good): while it
+    # exists, /ready answers 503 with its text
+    boot_failure_file: Path | None = None
     models: tuple[ModelSpec, ...] = field(default=())
 
     @property
@@ -148,6 +151,7 @@ _ENV_FIELDS = {
     "compile": str,
     "threads": int,
     "log_level": str,
+    "boot_failure_file": Path,
 }
 # CLI spellings that differ from the field name
 _ENV_ALIASES = {"models_file": "MODELS"}

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -224,10 +225,30 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "alive"})
 
 
+# The most of a boot-failure file /ready reads and repeats.
+_BOOT_FAILURE_BYTES = 1024
+
+
+def _boot_failure(path: Path | None) -> str | None:
+    """The reason recorded in the boot-failure file, or None when there is no such file."""
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as f:
+            text = f.read(_BOOT_FAILURE_BYTES).decode("utf-8", "replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"a boot failure is recorded in {path}, which cannot be read ({exc.strerror})"
+    return text or f"a boot failure is recorded in {path}"
+
+
 async def ready(request: Request) -> Response:
     served = _served(request)
     if served.draining:
         raise Unavailable("draining", code="draining")
+    if (failure := _boot_failure(served.settings.boot_failure_file)) is not None:
+        raise Unavailable(f"this host cannot serve, its boot failed: {failure}", code="boot_failed")
     if not served.ready:
         raise Unavailable("the model is still loading", code="not_ready")
     reasons = [f"{b.engine.spec.id}: {r}" for b in served.batchers.values() if (r := b.engine.unavailable_reason())]
