@@ -46,6 +46,7 @@ class Result:
 class _Computed:
     vectors: np.ndarray
     input_tokens: list[int]  # per input where the engine knows them, else per item
+    cacheable: bool  # every output said it is exactly what its cache key names
 
     @property
     def prompt_tokens(self) -> int:
@@ -104,7 +105,8 @@ class Batcher:
         missing = [i for i, hit in enumerate(found) if hit is None]
         if missing:
             computed = await self._embed_missing([inputs[i] for i in missing], truncate, input_type, key)
-            if keys and len(computed.input_tokens) == len(missing):  # engines with a fingerprint answer per input
+            # Only answers exactly of their key, and per input (engines with a fingerprint answer so)
+            if keys and computed.cacheable and len(computed.input_tokens) == len(missing):
                 rows = [CachedVector(computed.vectors[j], tokens) for j, tokens in enumerate(computed.input_tokens)]
                 await self.cache.put_many([(keys[i], row) for i, row in zip(missing, rows, strict=True)])
             if len(missing) == len(inputs):
@@ -145,7 +147,9 @@ class Batcher:
             self._count_queued(-n)
             self.admission.release(cost)
         vectors = outputs[0].vectors if len(outputs) == 1 else np.concatenate([o.vectors for o in outputs])
-        return _Computed(vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])])
+        return _Computed(
+            vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])], all(o.cacheable for o in outputs)
+        )
 
     async def _admit(self, cost: int, key: object) -> None:
         """Admit now, or hold the request until its booked slot when that is close enough.
