@@ -95,11 +95,16 @@ class Batcher:
         self.admission.rate = self.engine.startup_rate()
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.engine.spec.id}")
 
-    async def embed(self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None) -> Result:
-        """Embed one request's inputs. `key` names the request's content, so a retry is known again."""
+    async def embed(
+        self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None, tenant: str | None = None
+    ) -> Result:
+        """Embed one request's inputs. `key` names the request's content, so a retry is known again; `tenant` is
+        the API key that matched, which keys the cache when it is kept per tenant."""
         if self.draining:
             raise Unavailable("the service is draining; retry on another instance", code="draining")
         fingerprint = self.engine.cache_fingerprint(truncate, input_type) if self.cache is not None else None
+        if fingerprint and self.cache is not None:
+            fingerprint = self.cache.scoped(fingerprint, tenant)
         keys = [cache_key(fingerprint, x) for x in inputs] if fingerprint else []
         found = await self.cache.get_many(keys) if keys else [None] * len(inputs)
         missing = [i for i, hit in enumerate(found) if hit is None]

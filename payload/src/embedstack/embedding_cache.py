@@ -3,7 +3,9 @@
 Keys. `cache_key` hashes (blake2b, 32 bytes) a fingerprint of everything that makes a model's vectors
 (weights revision, dimension, pooling, input-type prefix, truncation: the caller builds it) and the
 exact input, length-prefixed and type-tagged so token ids never collide with a string. Change anything
-in the fingerprint and every key changes: an old vector can never be served.
+in the fingerprint and every key changes: an old vector can never be served. Kept per tenant
+(`per_tenant`), the fingerprint also holds a hash of the API key that asked, so one tenant's hit (fast)
+never tells another whether a text was embedded; the key itself is never stored.
 
 Memory tier. An LRU (OrderedDict) bounded by bytes: an entry costs its vector's bytes plus
 `ENTRY_OVERHEAD` (400 bytes; measured ~340 on CPython 3.11 with tracemalloc: the ndarray header and the
@@ -121,9 +123,15 @@ class EmbeddingCache:
     """
 
     def __init__(
-        self, max_bytes: int, metrics: Metrics, directory: Path | None = None, max_disk_bytes: int = 0
+        self,
+        max_bytes: int,
+        metrics: Metrics,
+        directory: Path | None = None,
+        max_disk_bytes: int = 0,
+        per_tenant: bool = False,
     ) -> None:
         self.max_bytes = max_bytes
+        self.per_tenant = per_tenant
         self.bytes = 0
         self._evictions = 0  # not yet counted in the metric
         self._metrics = metrics
@@ -145,7 +153,19 @@ class EmbeddingCache:
     def from_settings(cls, settings: Settings, metrics: Metrics) -> EmbeddingCache | None:
         if settings.cache_bytes == 0:
             return None
-        return cls(settings.cache_bytes, metrics, settings.cache_dir, settings.cache_disk_bytes)
+        return cls(
+            settings.cache_bytes, metrics, settings.cache_dir, settings.cache_disk_bytes, settings.cache_per_tenant
+        )
+
+    def scoped(self, fingerprint: bytes, tenant: str | None) -> bytes:
+        """The fingerprint of one tenant's entries when the cache is kept per tenant (else the shared one).
+
+        `tenant` is the API key that matched; only its hash enters the keys, and keys are hashes themselves.
+        A gateway without keys has no tenants: its cache stays shared."""
+        if not self.per_tenant or tenant is None:
+            return fingerprint
+        tenant_hash = hashlib.blake2b(tenant.encode("utf-8", "surrogatepass"), digest_size=32, person=b"embedstack-tnt")
+        return fingerprint + b"\x00tenant:" + tenant_hash.digest()
 
     async def get_many(self, keys: list[bytes]) -> list[CachedVector | None]:
         found: list[CachedVector | None] = [None] * len(keys)

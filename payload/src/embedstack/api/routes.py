@@ -21,6 +21,7 @@ from starlette.routing import Route
 from embedstack.api.openapi import openapi_document
 from embedstack.api.schemas import parse_embeddings_request
 from embedstack.batcher import Result
+from embedstack.config import Settings, operator_keys
 from embedstack.errors import AuthenticationFailed, BodyTooLarge, InvalidInput, Unavailable
 from embedstack.served_models import ServedModels
 
@@ -29,9 +30,10 @@ def _served(request: Request) -> ServedModels:
     return request.app.state.served_models
 
 
-def authorize(request: Request, keys: frozenset[str]) -> None:
+def authorize(request: Request, keys: frozenset[str]) -> str | None:
+    """The key the request offered that the gateway knows; None when the gateway runs open."""
     if not keys:
-        return
+        return None
     offered = []
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
@@ -42,8 +44,10 @@ def authorize(request: Request, keys: frozenset[str]) -> None:
         raise AuthenticationFailed(
             "missing API key: send 'Authorization: Bearer <key>' or an 'api-key' header", code="missing_api_key"
         )
-    if not any(hmac.compare_digest(o.encode(), k.encode()) for o in offered for k in keys):
+    matched = next((k for o in offered for k in keys if hmac.compare_digest(o.encode(), k.encode())), None)
+    if matched is None:
         raise AuthenticationFailed("incorrect API key provided")
+    return matched
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -109,7 +113,7 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Resu
 async def embeddings(request: Request) -> Response:
     served = _served(request)
     settings = served.settings
-    authorize(request, settings.api_keys)
+    tenant = authorize(request, settings.api_keys)
     if served.draining:
         raise Unavailable("the service is draining; retry on another instance", code="draining")
     if not served.ready:
@@ -135,7 +139,7 @@ async def embeddings(request: Request) -> Response:
             )
         # The body names the request: a client retrying after a 429 sends it again and claims its booking.
         key = hashlib.blake2b(body, digest_size=16).digest()
-        work = batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key)
+        work = batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key, tenant=tenant)
         result = await _unless_client_leaves(request, work)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -189,20 +193,39 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "alive"})
 
 
+def _sees_details(request: Request, settings: Settings) -> bool:
+    """Whether the request may read operational detail (/metrics, upstream URLs and reasons in /ready)."""
+    keys = operator_keys(settings)
+    if keys is None:
+        return True
+    try:
+        authorize(request, keys)
+    except AuthenticationFailed:  # no key, or a wrong one, is no error here: it only sees less
+        return False
+    return True
+
+
 async def ready(request: Request) -> Response:
+    """200 or 503 for anyone (load balancers and autohealing send no key); the why only for operators."""
     served = _served(request)
     if served.draining:
         raise Unavailable("draining", code="draining")
     if not served.ready:
         raise Unavailable("the model is still loading", code="not_ready")
+    details = _sees_details(request, served.settings)
     reasons = [f"{b.engine.spec.id}: {r}" for b in served.batchers.values() if (r := b.engine.unavailable_reason())]
     if reasons:  # load balancers and autohealing act on this
-        raise Unavailable("; ".join(reasons), code="upstream_unavailable")
-    return JSONResponse({"status": "ready", "models": sorted(served.batchers)})
+        message = "; ".join(reasons) if details else "a model has no verified upstream"
+        raise Unavailable(message, code="upstream_unavailable")
+    return JSONResponse({"status": "ready", "models": sorted(served.batchers)} if details else {"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_served(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    served = _served(request)
+    keys = operator_keys(served.settings)
+    if keys is not None:
+        authorize(request, keys)
+    return Response(served.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 ROUTES = [
