@@ -109,7 +109,8 @@ class FakeEngine:
             failure, self.fail_next = self.fail_next, None
             raise failure
         return [
-            Output(vectors=vector_of(item.payload, self.spec.dimension), tokens=len(item.payload)) for item in items
+            Output(vectors=vector_of(item.payload, self.spec.dimension), tokens=len(item.payload), cacheable=True)
+            for item in items
         ]
 
 

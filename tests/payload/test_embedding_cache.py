@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -358,3 +360,96 @@ def test_from_settings(tmp_path):
     assert on_disk is not None and on_disk._disk is not None and on_disk._disk.max_bytes == 8 << 20
     asyncio.run(on_disk.close())
     assert (tmp_path / "c" / FILE).exists()
+
+
+def test_a_stalled_disk_costs_a_request_a_bounded_wait_and_shutdown_does_not_wait_on_it(tmp_path, monkeypatch, caplog):
+    """The disk stops answering (a hung network disk, a full queue in the kernel): reads block. A request's
+    lookup turns into misses after the read deadline, lookups after it do not wait at all while the disk is
+    stalled, /metrics counts the timeouts, and close() returns in bounded time, dropping what is unwritten."""
+    from embedstack import embedding_cache
+
+    stored = entries(20, 64)
+    run_on(tmp_path, lambda cache: cache.put_many(stored))
+    disk = threading.Event()
+    real_read = embedding_cache._DiskStore._w_read
+
+    def stalled_read(self, keys):
+        disk.wait()  # the disk never answers until the test lets it
+        return real_read(self, keys)
+
+    monkeypatch.setattr(embedding_cache._DiskStore, "_w_read", stalled_read)
+    monkeypatch.setattr(embedding_cache, "_CLOSE_SECONDS", 1.0, raising=False)  # close_wait checks it took
+    metrics = Metrics()
+
+    async def timed(work):
+        started = time.monotonic()
+        result = await asyncio.wait_for(work, 10)  # the old code waits forever
+        return time.monotonic() - started, result
+
+    async def main():
+        cache = EmbeddingCache(8 << 20, metrics, tmp_path, 8 << 20)
+        first = await timed(cache.get_many([key for key, _ in stored[:10]]))
+        second = await timed(cache.get_many([key for key, _ in stored[10:]]))
+        await cache.put_many(entries(5, 64, start=500))  # queued for a disk that does not write
+        closing = await timed(cache.close())
+        return first, second, closing
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="embedstack.embedding_cache"):
+            (first_wait, first), (second_wait, second), (close_wait, _) = asyncio.run(main())
+    finally:
+        disk.set()  # let the worker thread finish
+    assert first == [None] * 10 and second == [None] * 10
+    assert first_wait < 2.0, first_wait
+    assert second_wait < 0.1, second_wait  # no second wait on a disk known to be stalled
+    assert close_wait < 2.0, close_wait
+    assert sample(metrics, "embedstack_cache_misses_total") == 20
+    assert sample(metrics, "embedstack_cache_disk_read_timeouts_total") == 2
+    dropped = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert len(dropped) == 1, dropped
+
+
+def hide_rows_from_the_key_index(path: Path, rows: list[tuple[int, bytes, CachedVector]]) -> None:
+    """Add rows to the table behind the back of its unique key index, as a torn write or a bad sector can leave
+    it. SQLite then reports SQLITE_CORRUPT_INDEX (779, an extended code of SQLITE_CORRUPT) when it deletes them."""
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.execute("PRAGMA writable_schema=ON")
+        table_sql, index_root = db.execute(
+            "SELECT t.sql, i.rootpage FROM sqlite_master t, sqlite_master i"
+            " WHERE t.name = 'vectors' AND i.name = 'sqlite_autoindex_vectors_1'"
+        ).fetchone()
+        db.execute("UPDATE sqlite_master SET sql = replace(sql, 'NOT NULL UNIQUE', 'NOT NULL') WHERE name = 'vectors'")
+        db.execute("DELETE FROM sqlite_master WHERE name = 'sqlite_autoindex_vectors_1'")
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.executemany(
+            "INSERT INTO vectors (id, key, tokens, dim, checksum, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [(row_id, key, e.tokens, e.vector.size, b"x" * 16, e.vector.tobytes()) for row_id, key, e in rows],
+        )
+        db.execute("PRAGMA writable_schema=ON")
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'vectors'", (table_sql,))
+        db.execute(
+            "INSERT INTO sqlite_master VALUES ('index', 'sqlite_autoindex_vectors_1', 'vectors', ?, NULL)",
+            (index_root,),
+        )
+
+
+def test_a_damaged_index_is_found_by_its_extended_code_and_the_file_started_afresh(tmp_path):
+    bound = 1 << 20
+    old = entries(200, 1024)  # more than the bound: the file is full, every later write evicts
+    run_on(tmp_path, lambda cache: cache.put_many(old), bound)
+    hide_rows_from_the_key_index(tmp_path / FILE, [(-i, b"h" * 31 + bytes([i]), old[0][1]) for i in range(1, 6)])
+    with sqlite3.connect(tmp_path / FILE) as db, pytest.raises(sqlite3.DatabaseError) as caught:
+        db.execute("DELETE FROM vectors WHERE id < 0")
+    assert caught.value.sqlite_errorcode == 779  # SQLITE_CORRUPT_INDEX, not SQLITE_CORRUPT (11) itself
+
+    new = entries(60, 1024, seed=1, start=1000)
+
+    async def write_one_by_one(cache):
+        for pair in new:
+            await cache.put_many([pair])
+            await asyncio.sleep(0.005)
+
+    run_on(tmp_path, write_one_by_one, bound)
+    found = run_on(tmp_path, lambda cache: cache.get_many([key for key, _ in new[-20:]]), bound)
+    # the damaged file was discarded and the new vectors written; before, every eviction failed and none was
+    assert all(same(f, e) for f, (_, e) in zip(found, new[-20:], strict=True))

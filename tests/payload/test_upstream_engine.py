@@ -322,3 +322,147 @@ def test_answers_are_not_cached_without_a_revision_or_when_counts_disagree_with_
         assert again[2] == [batch]  # embedded upstream again, never served from a guess
         np.testing.assert_array_equal(again[0], first[0])
         assert again[1] == first[1] == 9
+
+
+# --- an upstream is not trusted with sizes (issue 21, section 2) ---
+
+
+def test_an_endless_answer_is_cut_off_and_its_upstream_leaves_the_rotation():
+    endless, good = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
+
+    async def main():
+        async with serving({"a": endless, "b": good}, upstream_timeout=3.0) as engine:
+            endless.fault = "endless"
+            started = time.monotonic()
+            out = await embed(engine, ["def f(): pass"])
+            return out, time.monotonic() - started, engine._states[0].verified, engine._states[0].reason
+
+    out, took, still_in, reason = asyncio.run(main())
+    assert np.allclose(out.vectors[0], vector_of("def f(): pass", DIM), atol=1e-6)  # the second upstream's
+    assert took < 1.0
+    assert not still_in and "more than" in reason
+    # one input of 8 dimensions is allowed 64 KiB + 8 x 32 + 256 bytes: reading stops right after
+    assert endless.sent <= (64 << 10) + 8 * 32 + 256 + (64 << 10)
+
+
+def test_an_upstreams_error_message_reaches_the_client_cut_to_one_line():
+    only = FakeVllm(dimension=DIM)
+
+    async def main():
+        async with serving({"a": only}) as engine:
+            only.fault = "long-error"
+            with pytest.raises(UpstreamError) as caught:
+                await embed(engine, ["x"])
+            return caught.value
+
+    error = asyncio.run(main())
+    assert "bad input" in error.message
+    assert len(error.message) < 2000 and "\n" not in error.message
+
+
+@pytest.mark.parametrize(
+    "usage", ["Infinity", "-Infinity", "NaN", "-1", "1e300", "1000000000000000000000", '"12"', "true", "1.5"]
+)
+def test_usage_that_is_no_token_count_is_an_upstream_fault(usage):
+    liar, honest = FakeVllm(dimension=DIM), FakeVllm(dimension=DIM)
+
+    async def main():
+        async with serving({"a": liar, "b": honest}) as engine:
+            liar.fault = f"usage:{usage}"
+            out = await embed(engine, ["def f(): pass"])
+            return out, engine._states[0].verified
+
+    out, liar_still_in = asyncio.run(main())
+    assert out.tokens == 5  # the honest upstream's count
+    assert not liar_still_in
+
+
+def test_usage_of_infinity_from_the_only_upstream_is_a_502_not_a_500():
+    only = FakeVllm(dimension=DIM)
+
+    async def main():
+        async with serving({"a": only}) as engine:
+            only.fault = "usage:Infinity"
+            with pytest.raises((Unavailable, UpstreamError)) as caught:
+                await embed(engine, ["x"])
+            return caught.value
+
+    assert status_of(asyncio.run(main()))[0] in (502, 503)
+
+
+@pytest.mark.parametrize("count", ["Infinity", "-3", "1e30"])
+def test_a_tokenize_count_that_is_no_count_costs_the_cache_not_the_request(count):
+    fake = FakeVllm(dimension=DIM)
+    fake.fault = f"tokenize:{count}"
+    batch = ["one two three", "four five"]
+    first, again = asyncio.run(cached_rounds(fake, "m@1a2b3c", [batch, batch]))
+    assert first[1] == again[1] == 9
+    assert again[2] == [batch]  # not cached: embedded upstream again
+
+
+def test_answers_cut_below_max_tokens_are_not_cached():
+    """vLLM's max_model_len (12) is below the gateway's max_tokens (16): a long input is cut at 12 there, while
+    the cache key says 16, so another upstream (or the local engine) would make another vector for that key."""
+    fake = FakeVllm(dimension=DIM, max_model_len=12)
+
+    async def main():
+        async with serving({"a": fake}, weights="m@1a2b3c") as engine:
+            metrics = Metrics()
+            batcher = Batcher(
+                engine, max_batch_tokens=8192, max_wait_ms=0, max_queue_inputs=100, max_queue_seconds=60,
+                metrics=metrics, cache=EmbeddingCache(1 << 20, metrics),
+            )  # fmt: skip
+            batcher.start()
+            try:
+                for inputs in ([long_text(40)], [long_text(40)], [[7] * 30], [[7] * 30]):
+                    await batcher.embed(inputs, truncate=True, input_type="document")
+                return len(embedding_requests(fake)), batcher.cache
+            finally:
+                await batcher.close()
+
+    calls, cache = asyncio.run(main())
+    assert calls == 1 + 4  # the probe, then every request went upstream: none was answered from the cache
+    assert len(cache) == 0
+
+
+def test_tokenize_calls_are_bounded_and_heartbeats_keep_a_busy_upstream_in_rotation(monkeypatch):
+    """A request of 1,024 texts with the cache on counts each text with /tokenize. Over a real connection pool
+    the counting must neither flood the upstream nor queue the heartbeats behind it: a heartbeat that waits
+    past its timeout takes a healthy upstream out of the rotation."""
+    from loopback_server import serve_on_loopback
+
+    monkeypatch.setattr(upstream_module, "_HEARTBEAT_TIMEOUT", 0.5)
+    fake = FakeVllm(dimension=DIM, max_model_len=MAX_TOKENS)
+    fake.tokenize_delay = 0.01
+    texts = [f"text number {i}" for i in range(1024)]
+
+    async def main(url: str):
+        spec = parse_model(
+            {"id": "m", "engine": "upstream", "dimension": DIM, "max_tokens": MAX_TOKENS, "upstreams": [url],
+             "weights": "m@1a2b3c"},
+            "test",
+        )  # fmt: skip
+        engine = UpstreamEngine(spec, dataclasses.replace(load_settings({}, env={}), models=(spec,)))
+        await engine.start()
+        await eventually(lambda: engine._states[0].verified)
+        dropped: list[str] = []
+
+        async def watch():
+            while True:
+                if not engine._states[0].verified:
+                    dropped.append(engine._states[0].reason)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            out = await embed(engine, texts)
+        finally:
+            watcher.cancel()
+            await engine.close()
+        return out, dropped
+
+    with serve_on_loopback(fake.asgi) as url:
+        out, dropped = asyncio.run(main(url))
+    assert out.input_tokens == [5] * 1024  # every text counted
+    assert dropped == []
+    assert fake.most_in_flight["/tokenize"] <= 16

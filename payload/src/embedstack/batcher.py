@@ -47,6 +47,7 @@ class Result:
 class _Computed:
     vectors: np.ndarray
     input_tokens: list[int]  # per input where the engine knows them, else per item
+    cacheable: bool  # every output said it is exactly what its cache key names
 
     @property
     def prompt_tokens(self) -> int:
@@ -96,19 +97,23 @@ class Batcher:
         self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.engine.spec.id}")
 
     async def embed(
-        self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None, tenant: object = None
+        self, inputs: list[Input], *, truncate: bool, input_type: str, key: object = None, tenant: str | None = None
     ) -> Result:
         """Embed one request's inputs. `key` names the request's content, so a retry is known again;
-        `tenant` (an API key, or a client address) is whose turn it is when requests wait in line."""
+        `tenant` (the API key that matched, or a client address on an open gateway) is whose turn it is
+        when requests wait in line, and keys the cache when it is kept per tenant."""
         if self.draining:
             raise Unavailable("the service is draining; retry on another instance", code="draining")
         fingerprint = self.engine.cache_fingerprint(truncate, input_type) if self.cache is not None else None
+        if fingerprint and self.cache is not None:
+            fingerprint = self.cache.scoped(fingerprint, tenant)
         keys = [cache_key(fingerprint, x) for x in inputs] if fingerprint else []
         found = await self.cache.get_many(keys) if keys else [None] * len(inputs)
         missing = [i for i, hit in enumerate(found) if hit is None]
         if missing:
             computed = await self._embed_missing([inputs[i] for i in missing], truncate, input_type, key, tenant)
-            if keys and len(computed.input_tokens) == len(missing):  # engines with a fingerprint answer per input
+            # Only answers exactly of their key, and per input (engines with a fingerprint answer so)
+            if keys and computed.cacheable and len(computed.input_tokens) == len(missing):
                 rows = [CachedVector(computed.vectors[j], tokens) for j, tokens in enumerate(computed.input_tokens)]
                 await self.cache.put_many([(keys[i], row) for i, row in zip(missing, rows, strict=True)])
             if len(missing) == len(inputs):
@@ -159,7 +164,9 @@ class Batcher:
             self._count_queued(-n)
             self.admission.release(admitted)
         vectors = outputs[0].vectors if len(outputs) == 1 else np.concatenate([o.vectors for o in outputs])
-        return _Computed(vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])])
+        return _Computed(
+            vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])], all(o.cacheable for o in outputs)
+        )
 
     def _count_queued(self, delta: int) -> None:
         """Admission adds a request's inputs, its answer (or failure) takes them off again."""

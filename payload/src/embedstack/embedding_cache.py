@@ -3,7 +3,9 @@
 Keys. `cache_key` hashes (blake2b, 32 bytes) a fingerprint of everything that makes a model's vectors
 (weights revision, dimension, pooling, input-type prefix, truncation: the caller builds it) and the
 exact input, length-prefixed and type-tagged so token ids never collide with a string. Change anything
-in the fingerprint and every key changes: an old vector can never be served.
+in the fingerprint and every key changes: an old vector can never be served. Kept per tenant
+(`per_tenant`), the fingerprint also holds a hash of the API key that asked, so one tenant's hit (fast)
+never tells another whether a text was embedded; the key itself is never stored.
 
 Memory tier. An LRU (OrderedDict) bounded by bytes: an entry costs its vector's bytes plus
 `ENTRY_OVERHEAD` (400 bytes; measured ~340 on CPython 3.11 with tracemalloc: the ndarray header and the
@@ -25,6 +27,13 @@ it, transactions stay small and the WAL is truncated once past half the reserve.
 to memory. All SQLite work runs on one worker thread with one connection, reads before writes;
 `put_many` only queues the writes (at most `_PENDING_CAP` bytes, oldest dropped first, and reads see
 them), so the event loop never waits on the disk.
+
+A stalled disk (a hung network volume) cannot hang a request or shutdown: a read that has not come back
+within `_READ_DEADLINE` is a miss (counted in embedstack_cache_disk_read_timeouts_total), and no further
+read is queued until the disk answers it; close() waits `_CLOSE_SECONDS` for queued writes, then drops
+them with one log line. Corruption is recognised by SQLite's primary result code (the low 8 bits of the
+extended code Python reports, https://www.sqlite.org/rescode.html), so SQLITE_CORRUPT_INDEX (779) and
+the other SQLITE_CORRUPT_* codes start the file afresh like SQLITE_CORRUPT itself.
 """
 
 from __future__ import annotations
@@ -72,7 +81,14 @@ _PENDING_CAP = 64 << 20
 _TOUCH_CAP = 16384
 _READ_CHUNK = 500
 _F32 = np.dtype("<f4")
-_CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+# Primary result codes of a damaged file; sqlite3.Error.sqlite_errorcode is the extended code (e.g. 779,
+# SQLITE_CORRUPT_INDEX), whose low 8 bits are the primary one.
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+# Seconds a disk read may take before its keys count as misses: a page-cache miss on a slow disk takes
+# milliseconds, so this is a disk that stopped answering, and the engine is the faster way to the vector.
+_READ_DEADLINE = 0.5
+# Seconds close() waits for the disk to take what is queued for it.
+_CLOSE_SECONDS = 5.0
 
 
 def cache_key(fingerprint: bytes, content: list[int] | str) -> bytes:
@@ -107,9 +123,15 @@ class EmbeddingCache:
     """
 
     def __init__(
-        self, max_bytes: int, metrics: Metrics, directory: Path | None = None, max_disk_bytes: int = 0
+        self,
+        max_bytes: int,
+        metrics: Metrics,
+        directory: Path | None = None,
+        max_disk_bytes: int = 0,
+        per_tenant: bool = False,
     ) -> None:
         self.max_bytes = max_bytes
+        self.per_tenant = per_tenant
         self.bytes = 0
         self._evictions = 0  # not yet counted in the metric
         self._metrics = metrics
@@ -131,7 +153,24 @@ class EmbeddingCache:
     def from_settings(cls, settings: Settings, metrics: Metrics) -> EmbeddingCache | None:
         if settings.cache_bytes == 0:
             return None
-        return cls(settings.cache_bytes, metrics, settings.cache_dir, settings.cache_disk_bytes)
+        return cls(
+            settings.cache_bytes,
+            metrics,
+            settings.cache_dir,
+            settings.cache_disk_bytes,
+            # A gateway without keys has no tenants (the line tells clients apart by address; the cache does not)
+            settings.cache_per_tenant and bool(settings.api_keys),
+        )
+
+    def scoped(self, fingerprint: bytes, tenant: str | None) -> bytes:
+        """The fingerprint of one tenant's entries when the cache is kept per tenant (else the shared one).
+
+        `tenant` is the API key that matched; only its hash enters the keys, and keys are hashes themselves.
+        A gateway without keys has no tenants: its cache stays shared."""
+        if not self.per_tenant or tenant is None:
+            return fingerprint
+        tenant_hash = hashlib.blake2b(tenant.encode("utf-8", "surrogatepass"), digest_size=32, person=b"embedstack-tnt")
+        return fingerprint + b"\x00tenant:" + tenant_hash.digest()
 
     async def get_many(self, keys: list[bytes]) -> list[CachedVector | None]:
         found: list[CachedVector | None] = [None] * len(keys)
@@ -235,6 +274,8 @@ class _DiskStore:
         self._writes: OrderedDict[bytes, CachedVector] = OrderedDict()  # queued for the disk; reads see them
         self._pending = 0
         self._closing = False
+        self._stalled = False  # a read passed its deadline and has not come back (event loop side)
+        self._read_timeouts = metrics.cache_disk_read_timeouts
         # worker-only state
         self._conn: sqlite3.Connection | None = None
         self._touches: deque[bytes] = deque(maxlen=_TOUCH_CAP)
@@ -254,12 +295,31 @@ class _DiskStore:
             unread = [key for key, entry in zip(keys, queued, strict=True) if entry is None]
             if not unread or self._closing:
                 return queued
+            if self._stalled:  # the disk has not answered an earlier read: do not queue behind it
+                self._read_timeouts.inc()
+                return queued
             loop = asyncio.get_running_loop()
             future: asyncio.Future[list[CachedVector | None]] = loop.create_future()
             self._reads.append((unread, future, loop))
             self._cond.notify()
-        read = iter(await future)
+        try:
+            read = iter(await asyncio.wait_for(asyncio.shield(future), _READ_DEADLINE))
+        except TimeoutError:
+            self._read_timeouts.inc()
+            if not self._stalled:
+                self._stalled = True
+                future.add_done_callback(self._answered_again)
+                log.warning(
+                    "embedding cache %s: the disk did not answer a read within %g s; lookups are misses until it does",
+                    self.path,
+                    _READ_DEADLINE,
+                )
+            return queued
         return [entry if entry is not None else next(read) for entry in queued]
+
+    def _answered_again(self, _: asyncio.Future) -> None:
+        self._stalled = False
+        log.info("embedding cache %s: the disk answers again", self.path)
 
     def put_many(self, entries: list[tuple[bytes, CachedVector]]) -> None:
         dropped = 0
@@ -281,10 +341,24 @@ class _DiskStore:
             log.warning("embedding cache: the disk falls behind; %d vectors not written to it", dropped)
 
     async def close(self) -> None:
+        """Write what is queued, for at most _CLOSE_SECONDS: a stalled disk must not hold up a shutdown (a spot
+        VM's preemption gives 30 s in all). What is not written by then is dropped; the file stays consistent."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._thread.join, _CLOSE_SECONDS)
+        if self._thread.is_alive():
+            with self._cond:
+                dropped = len(self._writes)
+                self._writes.clear()
+                self._pending = 0
+            log.warning(
+                "embedding cache %s: the disk did not finish within %g s of shutdown; %d vectors queued for it were "
+                "not written",
+                self.path,
+                _CLOSE_SECONDS,
+                dropped,
+            )
 
     # worker thread
 
@@ -332,7 +406,8 @@ class _DiskStore:
             if self._conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
-            if getattr(e, "sqlite_errorcode", None) in _CORRUPT:
+            code = getattr(e, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _CORRUPT:
                 log.warning("embedding cache %s is damaged (%s); starting it afresh", self.path, e)
                 self._conn.close()
                 self._conn = None

@@ -66,6 +66,11 @@ class Metrics:
         self.cache_evictions = Counter(
             "embedstack_cache_evictions", "Vectors evicted to keep a bound, by tier", ["tier"], registry=self.registry
         )
+        self.cache_disk_read_timeouts = Counter(
+            "embedstack_cache_disk_read_timeouts",
+            "Disk cache reads given up at their deadline, or not tried while the disk did not answer (misses)",
+            registry=self.registry,
+        )
         self.cache_bytes = Gauge(
             "embedstack_cache_bytes", "Bytes the cache holds, by tier", ["tier"], registry=self.registry
         )

@@ -184,7 +184,7 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
             "/models": {"get": models_operation},
             "/health": plain("The process is alive"),
             "/ready": plain("Models loaded and not draining", _JSON, 503),
-            "/metrics": plain("Prometheus metrics", "text/plain"),
+            "/metrics": plain("Prometheus metrics", "text/plain", *([401] if settings.metrics_auth != "open" else [])),
         },
         "components": {
             "schemas": {"Request": request, "Error": error},

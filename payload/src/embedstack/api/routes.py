@@ -22,6 +22,7 @@ from embedstack.api.openapi import openapi_document
 from embedstack.api.schemas import parse_embeddings_request
 from embedstack.api.tenants import matched_key, offered_keys, tenant_of
 from embedstack.batcher import Result
+from embedstack.config import Settings, operator_keys
 from embedstack.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -169,8 +170,9 @@ async def embeddings(request: Request) -> Response:
                 f"'dimensions' is {req.dimensions}, above the native {spec.dimension} of model {spec.id!r}",
                 param="dimensions",
             )
-        # The body names the request: a client retrying after a 429 sends it again and claims its booking.
-        key = hashlib.blake2b(body, digest_size=16).digest()
+        # The body names the request: a client retrying after a 429 sends it again and claims its booking;
+        # per tenant, so another key sending the same body does not take this one's place.
+        key = (tenant, hashlib.blake2b(body, digest_size=16).digest())
         work = batcher.embed(req.inputs, truncate=settings.truncate, input_type=req.input_type, key=key, tenant=tenant)
         result = await _unless_client_leaves(request, work)
         if result is None:
@@ -243,22 +245,42 @@ def _boot_failure(path: Path | None) -> str | None:
     return text or f"a boot failure is recorded in {path}"
 
 
+def _sees_details(request: Request, settings: Settings) -> bool:
+    """Whether the request may read operational detail (/metrics, upstream URLs and reasons in /ready)."""
+    keys = operator_keys(settings)
+    if keys is None:
+        return True
+    try:
+        authorize(request, keys)
+    except AuthenticationFailed:  # no key, or a wrong one, is no error here: it only sees less
+        return False
+    return True
+
+
 async def ready(request: Request) -> Response:
+    """200 or 503 for anyone (load balancers and autohealing send no key); the why only for operators."""
     served = _served(request)
     if served.draining:
         raise Unavailable("draining", code="draining")
+    details = _sees_details(request, served.settings)
     if (failure := _boot_failure(served.settings.boot_failure_file)) is not None:
-        raise Unavailable(f"this host cannot serve, its boot failed: {failure}", code="boot_failed")
+        reason = f": {failure}" if details else ""
+        raise Unavailable(f"this host cannot serve, its boot failed{reason}", code="boot_failed")
     if not served.ready:
         raise Unavailable("the model is still loading", code="not_ready")
     reasons = [f"{b.engine.spec.id}: {r}" for b in served.batchers.values() if (r := b.engine.unavailable_reason())]
     if reasons:  # load balancers and autohealing act on this
-        raise Unavailable("; ".join(reasons), code="upstream_unavailable")
-    return JSONResponse({"status": "ready", "models": sorted(served.batchers)})
+        message = "; ".join(reasons) if details else "a model has no verified upstream"
+        raise Unavailable(message, code="upstream_unavailable")
+    return JSONResponse({"status": "ready", "models": sorted(served.batchers)} if details else {"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_served(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    served = _served(request)
+    keys = operator_keys(served.settings)
+    if keys is not None:
+        authorize(request, keys)
+    return Response(served.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 ROUTES = [

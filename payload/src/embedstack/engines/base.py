@@ -29,8 +29,16 @@ class Item:
 
 @dataclass(slots=True)
 class Output:
+    """What an engine made of one item.
+
+    cacheable: each vector is exactly what this engine makes of its input alone under its cache_fingerprint
+    (truncated where the fingerprint's max_tokens says), with its tokens known; only then may it be cached.
+    Every engine says so explicitly: a vector cached under the wrong key would be served for good.
+    """
+
     vectors: np.ndarray  # (inputs, dimension) float32, L2-normalised
     tokens: int
+    cacheable: bool
     input_tokens: list[int] | None = None  # each input's tokens, when an item of several inputs knows them
 
 

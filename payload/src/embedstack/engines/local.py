@@ -146,7 +146,10 @@ class LocalEngine:
 
     async def run(self, items: list[Item]) -> list[Output]:
         vectors = await self._call(self._forward, [item.payload for item in items])
-        return [Output(vectors=vectors[i : i + 1], tokens=len(item.payload)) for i, item in enumerate(items)]
+        # One item, one token sequence cut at max_tokens: its vector is the one its cache key names.
+        return [
+            Output(vectors=vectors[i : i + 1], tokens=len(item.payload), cacheable=True) for i, item in enumerate(items)
+        ]
 
     # --- everything below runs on the inference thread ---
 

@@ -2,11 +2,17 @@
 
 Nothing an upstream says is trusted, at start-up or later. An upstream enters the rotation only
 once /v1/models and a probe embedding show the configured model id at the configured dimension,
-and every answer is checked again: vector count, indices, dimension, model id, finite values.
-An upstream that fails through its own fault (transport error, 5xx, 401/403, 404, a malformed or
-mismatched answer) leaves the rotation and is re-verified in the background; the request moves on
-to the next upstream, all inside one deadline. Vectors of another shape or model are never
-returned: they would silently corrupt every index built from them.
+and every answer is checked again: vector count, indices, dimension, model id, finite values, a
+token count that is a count. An upstream that fails through its own fault (transport error, 5xx,
+401/403, 404, a malformed, oversized or mismatched answer) leaves the rotation and is re-verified in
+the background; the request moves on to the next upstream, all inside one deadline. Vectors of
+another shape or model are never returned: they would silently corrupt every index built from them.
+
+Nor is an upstream trusted with sizes: every answer is read up to a bound derived from the request
+(an embeddings answer from its inputs and dimension), and what it says in an error reaches clients
+and logs cut to one short line. Heartbeats and verification have their own connection pool, and
+/tokenize calls a bound on how many run at once, so request traffic never starves the checks that
+keep a healthy upstream in the rotation.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import asyncio
 import base64
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
+import orjson
 
 from embedstack.config import ModelSpec, Settings, Upstream
 from embedstack.engines.base import Input, Item, Output, estimated_tokens, l2_normalise
@@ -32,6 +39,19 @@ _HEARTBEAT_TIMEOUT = 10.0
 # How long a request waits for a dropped upstream to be verified again (a restart, a blip).
 _WAIT_FOR_UPSTREAM = 5.0
 _PROBE = ["embedstack dimension probe"]
+# /tokenize calls in flight to one upstream: vLLM tokenizes on its API server's one event loop, so more at once
+# only queue there, while each holds a connection.
+_TOKENIZE_CONCURRENCY = 8
+# Answer sizes. An embeddings answer may hold every vector as a JSON float list, the largest honest form (the
+# gateway asks for base64, ~5.3 bytes a float): at most ~25 bytes a float ("-1.2345678901234567e-05, "),
+# allowed 32, plus per row its index and field names, plus the envelope (id, model, usage).
+_JSON_FLOAT_BYTES = 32
+_ROW_BYTES = 256
+_ENVELOPE_BYTES = 64 << 10
+_LISTING_BYTES = 1 << 20  # /v1/models: a few hundred bytes a model card
+_TOKEN_ID_BYTES = 12  # /tokenize lists every token id
+_ERROR_BODY_BYTES = 64 << 10  # read of an error answer; beyond it the body is not needed
+_MESSAGE_CHARS = 300  # of an upstream's own words relayed in an error or a log line
 
 
 class _Failed(Exception):
@@ -68,6 +88,7 @@ class _UpstreamState:
     verified: bool = False
     reason: str = "not verified yet"
     max_model_len: int | None = None  # vLLM's model card reports it; its truncation may not exceed it
+    tokenize_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_TOKENIZE_CONCURRENCY))
 
 
 class UpstreamEngine:
@@ -78,9 +99,10 @@ class UpstreamEngine:
         self.spec = spec
         self.settings = settings
         self.model_name = spec.upstream_model or spec.id
-        self._client = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(settings.upstream_timeout, connect=5.0)
-        )
+        timeout = httpx.Timeout(settings.upstream_timeout, connect=5.0)
+        self._client = httpx.AsyncClient(transport=transport, timeout=timeout)
+        # Heartbeats and verification: their own pool, so no burst of requests queues them past their timeout.
+        self._checks = httpx.AsyncClient(transport=transport, timeout=timeout)
         self._states = [_UpstreamState(u) for u in spec.upstreams]
         self._available = asyncio.Event()  # set while at least one upstream is verified
         self._dropped = asyncio.Event()  # wakes the verifier
@@ -117,6 +139,7 @@ class UpstreamEngine:
         if self._verifier:
             self._verifier.cancel()
         await self._client.aclose()
+        await self._checks.aclose()
 
     # --- verification ---
 
@@ -137,7 +160,9 @@ class UpstreamEngine:
     async def _heartbeat(self, state: _UpstreamState) -> None:
         deadline = asyncio.get_running_loop().time() + _HEARTBEAT_TIMEOUT
         try:
-            listing = await self._request(state.upstream, "GET", "/v1/models", None, deadline)
+            listing = await self._request(
+                state.upstream, "GET", "/v1/models", None, deadline, limit=_LISTING_BYTES, client=self._checks
+            )
             if self.model_name not in _served_models(listing):
                 raise _Failed(f"upstream {state.upstream.url} no longer serves {self.model_name!r}", drop=True)
         except _DeadlineExceeded:
@@ -170,17 +195,20 @@ class UpstreamEngine:
 
     async def _verify(self, state: _UpstreamState, deadline: float) -> None:
         url = state.upstream.url
-        listing = await self._request(state.upstream, "GET", "/v1/models", None, deadline)
+        listing = await self._request(
+            state.upstream, "GET", "/v1/models", None, deadline, limit=_LISTING_BYTES, client=self._checks
+        )
         models = _served_models(listing)
         if self.model_name not in models:
+            served = _clip(", ".join(sorted(map(repr, models))))
             raise ConfigError(
-                f"upstream {url} does not serve model {self.model_name!r} (it serves {sorted(map(str, models))}); "
+                f"upstream {url} does not serve model {self.model_name!r} (it serves [{served}]); "
                 "refusing it, because vectors from another model would corrupt the index"
             )
         max_len = models[self.model_name].get("max_model_len")
-        state.max_model_len = max_len if isinstance(max_len, int) and max_len > 0 else None
+        state.max_model_len = max_len if type(max_len) is int and max_len > 0 else None
         try:
-            await self._embed_once(state, _PROBE, truncate=True, deadline=deadline)
+            await self._embed_once(state, _PROBE, truncate=True, deadline=deadline, client=self._checks)
         except _Mismatch as exc:
             raise ConfigError(f"{exc.reason}; refusing it") from None
 
@@ -287,22 +315,40 @@ class UpstreamEngine:
         return True
 
     async def _embed_once(
-        self, state: _UpstreamState, inputs: list[Input], *, truncate: bool, deadline: float, count_each: bool = False
+        self,
+        state: _UpstreamState,
+        inputs: list[Input],
+        *,
+        truncate: bool,
+        deadline: float,
+        count_each: bool = False,
+        client: httpx.AsyncClient | None = None,
     ) -> Output:
         body: dict = {"model": self.model_name, "input": inputs, "encoding_format": "base64"}
         if truncate and state.max_model_len:  # vLLM refuses long inputs unless asked to truncate
             body["truncate_prompt_tokens"] = min(self.spec.max_tokens, state.max_model_len)
         counting = asyncio.ensure_future(self._count_texts(state, inputs, truncate, deadline)) if count_each else None
+        limit = _ENVELOPE_BYTES + len(inputs) * (_ROW_BYTES + self.spec.dimension * _JSON_FLOAT_BYTES)
         try:
-            answer = await self._request(state.upstream, "POST", "/v1/embeddings", body, deadline)
-            output = self._check_answer(state.upstream, answer, len(inputs))
+            answer = await self._request(
+                state.upstream, "POST", "/v1/embeddings", body, deadline, limit=limit, client=client
+            )
+            output = self._check_answer(state.upstream, answer, inputs)
         except BaseException:
             if counting:
                 counting.cancel()
             raise
         if counting:
             output.input_tokens = self._each_input(inputs, await counting, output.tokens)
+            # The cache key names max_tokens: only a vector cut there (or not cut) is the one it stands for,
+            # and only tokens counted per input can be kept per input.
+            output.cacheable = output.input_tokens is not None and self._truncates_at_max_tokens(state)
         return output
+
+    def _truncates_at_max_tokens(self, state: _UpstreamState) -> bool:
+        """Whether this upstream cuts inputs exactly where the gateway's max_tokens says (vLLM: it reports its
+        max_model_len and takes truncate_prompt_tokens up to it); unknown for servers that report no limit."""
+        return state.max_model_len is not None and state.max_model_len >= self.spec.max_tokens
 
     async def _count_texts(
         self, state: _UpstreamState, inputs: list[Input], truncate: bool, deadline: float
@@ -314,14 +360,16 @@ class UpstreamEngine:
         """
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
         limit = self.spec.max_tokens
-        if not state.max_model_len or state.max_model_len < limit:
+        if not self._truncates_at_max_tokens(state):
             return None
         if len(texts) < 2:
             return {}  # one text's count is the total less the token-id inputs
+        calls = [asyncio.ensure_future(self._token_count(state, inputs[i], deadline)) for i in texts]
         try:
-            found = await asyncio.gather(*(self._token_count(state, inputs[i], deadline) for i in texts))
-            counts = dict(zip(texts, found, strict=True))
-        except (_Failed, _DeadlineExceeded, KeyError, TypeError, ValueError):
+            counts = dict(zip(texts, await asyncio.gather(*calls), strict=True))
+        except (_Failed, _DeadlineExceeded):
+            for call in calls:  # one count missing makes the others useless: free their slots
+                call.cancel()
             return None  # the answer is served anyway, just not cached
         return {i: min(c, limit) for i, c in counts.items()} if truncate else counts
 
@@ -345,8 +393,9 @@ class UpstreamEngine:
             self._miscount_logged = True
         return None
 
-    def _check_answer(self, upstream: Upstream, answer: object, n: int) -> Output:
+    def _check_answer(self, upstream: Upstream, answer: object, inputs: list[Input]) -> Output:
         url = upstream.url
+        n = len(inputs)
         try:
             rows = sorted(answer["data"], key=lambda d: d["index"])  # type: ignore[index]
             if len(rows) != n:
@@ -357,9 +406,16 @@ class UpstreamEngine:
             if vectors.ndim != 2:
                 raise ValueError("embeddings are not vectors")
             usage = answer.get("usage") or {}  # type: ignore[union-attr]
-            tokens = int(usage.get("prompt_tokens", 0))
+            tokens = usage.get("prompt_tokens", 0)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _Failed(f"upstream {url} sent a malformed embeddings response ({exc})", drop=True) from None
+            raise _Failed(
+                f"upstream {url} sent a malformed embeddings response ({_clip(str(exc))})", drop=True
+            ) from None
+        if type(tokens) is not int or not 0 <= tokens <= _most_tokens(inputs):
+            raise _Failed(
+                f"upstream {url} reported {_clip(repr(tokens))} prompt tokens for {n} inputs: no count of them",
+                drop=True,
+            )
         if vectors.shape[1] != self.spec.dimension:
             raise _Mismatch(
                 f"upstream {url} serves {self.model_name!r} at {vectors.shape[-1]} dimensions, "
@@ -367,10 +423,11 @@ class UpstreamEngine:
             )
         model = answer.get("model")  # type: ignore[union-attr]
         if model is not None and model != self.model_name:
-            raise _Mismatch(f"upstream {url} answered with model {model!r} instead of {self.model_name!r}")
+            raise _Mismatch(f"upstream {url} answered with model {_clip(repr(model))} instead of {self.model_name!r}")
         if not np.isfinite(vectors).all():
             raise _Failed(f"upstream {url} returned non-finite values", drop=True)
-        return Output(vectors=l2_normalise(vectors), tokens=tokens)
+        # Cacheable only once each input's tokens are known (_embed_once decides).
+        return Output(vectors=l2_normalise(vectors), tokens=tokens, cacheable=False)
 
     async def _name_long_input(self, state: _UpstreamState, inputs: list[Input], reason: str, deadline: float):
         """With truncation off, find which input is too long, as the local engine reports it."""
@@ -381,7 +438,7 @@ class UpstreamEngine:
             else:
                 try:
                     count = await self._token_count(state, x, deadline)
-                except (_Failed, KeyError, TypeError, ValueError):  # no /tokenize: say what the upstream said
+                except (_Failed, _DeadlineExceeded):  # no /tokenize: say what the upstream said
                     break
             if count > limit:
                 return _too_long(i, count, limit)
@@ -393,29 +450,58 @@ class UpstreamEngine:
         )
 
     async def _token_count(self, state: _UpstreamState, text: str, deadline: float) -> int:
-        """How many tokens vLLM makes of `text` (POST /tokenize; special tokens included, as for embeddings)."""
-        answer = await self._request(
-            state.upstream, "POST", "/tokenize", {"model": self.model_name, "prompt": text}, deadline
-        )
-        return int(answer["count"])
+        """How many tokens vLLM makes of `text` (POST /tokenize; special tokens included, as for embeddings).
 
-    async def _request(self, upstream: Upstream, method: str, path: str, json: dict | None, deadline: float) -> dict:
+        At most _TOKENIZE_CONCURRENCY at once per upstream: a request of 2,048 texts would otherwise send 2,048."""
+        most = _most_tokens([text])
+        async with state.tokenize_slots:
+            answer = await self._request(
+                state.upstream,
+                "POST",
+                "/tokenize",
+                {"model": self.model_name, "prompt": text},
+                deadline,
+                limit=_ENVELOPE_BYTES + _TOKEN_ID_BYTES * most,
+            )
+        count = answer.get("count") if isinstance(answer, dict) else None
+        if type(count) is not int or not 0 <= count <= most:
+            raise _Failed(f"upstream {state.upstream.url} counted {_clip(repr(count))} tokens", drop=False)
+        return count
+
+    async def _request(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        json: dict | None,
+        deadline: float,
+        *,
+        limit: int,
+        client: httpx.AsyncClient | None = None,
+    ) -> object:
+        """Send one call and return its parsed JSON answer, read to at most `limit` bytes."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise _DeadlineExceeded()
         headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+        headers["Accept-Encoding"] = "identity"  # what is counted against the bound is what arrives
         timeout = httpx.Timeout(remaining, connect=min(5.0, remaining))
         url = upstream.url
         try:
-            async with asyncio.timeout(remaining):  # the deadline holds whatever the transport does
-                response = await self._client.request(method, url + path, json=json, headers=headers, timeout=timeout)
+            async with (
+                asyncio.timeout(remaining),  # the deadline holds whatever the transport does
+                (client or self._client).stream(
+                    method, url + path, json=json, headers=headers, timeout=timeout
+                ) as response,
+            ):
+                status = response.status_code
+                body = await _read_bounded(response, url, path, limit if status < 400 else _ERROR_BODY_BYTES)
         except (TimeoutError, httpx.TimeoutException):
             if deadline - asyncio.get_running_loop().time() <= 0:
                 raise _DeadlineExceeded() from None
             raise _Failed(f"upstream {url} timed out", drop=True) from None
         except httpx.TransportError as exc:
             raise _Failed(f"upstream {url}: {type(exc).__name__}", drop=True) from None
-        status = response.status_code
         if status == 429:
             raise _Failed(f"upstream {url} is overloaded (HTTP 429)", drop=False, status=429)
         if status >= 500:
@@ -425,16 +511,54 @@ class UpstreamEngine:
         if status == 404:
             raise _Failed(f"upstream {url} has no {path} (HTTP 404)", drop=True, status=status)
         if status >= 400:
-            raise _Refused(f"upstream {url} refused the request: {_error_message(response)}", status)
+            raise _Refused(f"upstream {url} refused the request: {_error_message(body)}", status)
         try:
-            return response.json()
-        except ValueError:
+            return orjson.loads(body)  # refuses NaN and Infinity, which no JSON count or vector may hold
+        except orjson.JSONDecodeError:
             raise _Failed(f"upstream {url} answered {path} with non-JSON", drop=True) from None
+
+
+async def _read_bounded(response: httpx.Response, url: str, path: str, limit: int) -> bytes:
+    """The body, refused once it passes `limit` bytes; an error answer is only cut there (its start is enough)."""
+    error = response.status_code >= 400
+    encoding = response.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":  # a small compressed body could inflate past any bound
+        if error:
+            return b""
+        raise _Failed(f"upstream {url} compressed its answer ({_clip(encoding)}) though asked not to", drop=True)
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit and not error:
+        raise _Failed(
+            f"upstream {url} announced {declared} bytes for {path}, more than the {limit} it may send", drop=True
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():  # identity: the bytes as they arrive
+        size += len(chunk)
+        if size > limit:
+            if error:
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                break
+            raise _Failed(f"upstream {url} sent more than the {limit} bytes its answer to {path} may have", drop=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _served_models(listing: object) -> dict:
     data = listing.get("data") if isinstance(listing, dict) else None
     return {m.get("id"): m for m in data if isinstance(m, dict)} if isinstance(data, list) else {}
+
+
+def _most_tokens(inputs: list[Input]) -> int:
+    """More tokens than any tokenizer makes of these inputs: token-id lists are their length, and no tokenizer
+    makes more than a few tokens of one byte of text (normalisation can expand a character, specials are added)."""
+    return sum(len(x) if isinstance(x, list) else 4 * len(x.encode("utf-8", "surrogatepass")) + 64 for x in inputs)
+
+
+def _clip(text: str) -> str:
+    """An upstream's words as one bounded line: it may send megabytes, or line breaks that forge log lines."""
+    line = "".join(c if c.isprintable() else " " for c in text[: _MESSAGE_CHARS + 1])
+    return line if len(line) <= _MESSAGE_CHARS else line[:_MESSAGE_CHARS] + "..."
 
 
 def _too_long(index: int, count: int, limit: int) -> InvalidInput:
@@ -461,9 +585,11 @@ def _decode(embedding: str | list[float]) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(body: bytes) -> str:
+    """What an error answer says, cut to one short line (vLLM: {"error": {"message", ...}})."""
     try:
-        err = response.json().get("error")
-        return err.get("message", str(err)) if isinstance(err, dict) else str(err or response.text[:200])
-    except (ValueError, AttributeError):
-        return response.text[:200]
+        err = orjson.loads(body).get("error")
+        text = err.get("message", str(err)) if isinstance(err, dict) else str(err or body.decode(errors="replace"))
+    except (orjson.JSONDecodeError, AttributeError):
+        text = body[: _MESSAGE_CHARS * 4].decode(errors="replace")
+    return _clip(str(text))
