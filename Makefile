@@ -121,7 +121,8 @@ lab: setup wheelhouse $(LAB_VLLM)
 	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/lab.yml
 	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/stage-bundled-model.yml
 	$(ANSIBLE_ENV) $(BIN)/ansible-playbook $(LAB) ansible/site.yml
-	$(ANSIBLE_ENV) $(BIN)/embedstack health $(LAB)
+	# Exit 3: all that is wrong is a Qdrant release that could not be fetched; health and roo-config say so and why.
+	$(ANSIBLE_ENV) $(BIN)/embedstack health $(LAB) || test $$? -eq 3
 	$(ANSIBLE_ENV) $(BIN)/embedstack roo-config $(LAB)
 
 lab-destroy: setup

@@ -209,11 +209,14 @@ def render_vars(settings: Settings, wheel_name: str) -> dict[str, Any]:
             "query_prefix": model.query_prefix,
             "upstreams": [{"url": "http://127.0.0.1:8001", "api_key_env": "VLLM_API_KEY"}],
         },
-        # The index tier: the Qdrant release to install.
-        "qdrant_deb_url": settings.qdrant_deb_url,
-        "qdrant_deb_sha256": settings.qdrant_deb_sha256,
-        # ...and the bucket its Qdrant snapshots go to (role qdrant_snapshots; components/snapshots.py).
+        # The index tier: the bucket its Qdrant snapshots go to (role qdrant_snapshots; components/snapshots.py).
         "qdrant_snapshots_bucket": snapshot_bucket_name(settings),
+        # The Qdrant release: the qdrant role's pinned one, unless the stack names a .deb.
+        **(
+            {"qdrant_deb_url": settings.qdrant_deb_url, "qdrant_deb_sha256": settings.qdrant_deb_sha256}
+            if settings.qdrant_deb_url
+            else {}
+        ),
     }
 
 

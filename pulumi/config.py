@@ -62,8 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "qdrant_disk_type": "pd-balanced",
     "qdrant_disk_snapshot": "",  # "" → a new, empty data disk; else the snapshot it is created from
     "qdrant_image": "debian-cloud/debian-12",
-    "qdrant_deb_url": None,
-    "qdrant_deb_sha256": None,
+    "qdrant_deb_url": "",  # "" → the qdrant role's pinned release; else this .deb (amd64) instead
+    "qdrant_deb_sha256": "",
     "snapshot_start_time": "03:00",
     "snapshot_retention_days": 14,
     "autoheal_initial_delay_sec": 1800,
@@ -429,16 +429,21 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"{MIN_NVIDIA_DRIVER} or newer, such as {DLVM_IMAGE_FAMILY}"
         )
     qdrant_deb_url = _text(raw, "qdrant_deb_url")
-    if not re.match(r"^https://[^\s]+\.deb$", qdrant_deb_url):
+    if qdrant_deb_url and not re.match(r"^https://[^\s]+\.deb$", qdrant_deb_url):
         raise ConfigError(
-            f"{_key('qdrant_deb_url')} {qdrant_deb_url!r} is not allowed; allowed: an https URL of a Qdrant release "
-            ".deb (amd64)"
+            f"{_key('qdrant_deb_url')} {qdrant_deb_url!r} is not allowed; allowed: empty (the pinned Qdrant release "
+            "of the qdrant role) or an https URL of a Qdrant release .deb (amd64)"
         )
     qdrant_deb_sha256 = _text(raw, "qdrant_deb_sha256").lower()
-    if not _SHA256_RE.match(qdrant_deb_sha256):
+    if qdrant_deb_url and not _SHA256_RE.match(qdrant_deb_sha256):
         raise ConfigError(
             f"{_key('qdrant_deb_sha256')} {qdrant_deb_sha256!r} is not allowed; allowed: 64 hex digits "
-            "(sha256sum of the .deb)"
+            f"(sha256sum of the .deb at {_key('qdrant_deb_url')})"
+        )
+    if qdrant_deb_sha256 and not qdrant_deb_url:
+        raise ConfigError(
+            f"{_key('qdrant_deb_sha256')} is set without {_key('qdrant_deb_url')}; allowed: both (another Qdrant "
+            "release) or neither (the qdrant role's pinned release)"
         )
     snapshot_start_time = _text(raw, "snapshot_start_time")
     if not _HOUR_RE.match(snapshot_start_time):

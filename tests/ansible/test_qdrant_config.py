@@ -1,12 +1,16 @@
 """The qdrant role's config.yaml and qdrant.service as real Ansible renders them, and the role's refusals.
 
-No Qdrant binary can be downloaded here, so these tests check what the role writes: config keys from FACTS.md,
-the API key always present and quoted safely, telemetry off, the binary path of each install source, the unit's
-hardening, the message printed when qdrant_install_binary is false, and that wrong inputs fail naming the variable.
+No Qdrant binary runs here, so these tests check what the role writes: config keys held against the pinned release's
+own settings (UPSTREAM_FIELDS below), the API key always present and quoted safely, telemetry off, the release each
+install source fetches (the pinned musl tarball by default), the binary path of each source, the unit's hardening,
+what a host that cannot fetch the release gets (a record `embedstack health` reads), and that wrong inputs fail
+naming the variable.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -26,8 +30,10 @@ from ansible_play import (
 
 ROLE = ROLES / "qdrant"
 KEY = "qdrant-admin-key-0123456789"
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 VAR_SETS: dict[str, dict] = {
     "minimal": {"qdrant_install_binary": False},
+    "pinned_default": {},
     "deb_with_tls": {
         "qdrant_deb_url": "https://example.invalid/qdrant_1.15.0-1_amd64.deb",
         "qdrant_deb_sha256": "a" * 64,
@@ -69,6 +75,15 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "vars": scoped,
             }
         )
+        tasks.append(
+            {
+                "name": f"Report the release to fetch ({name})",
+                "ansible.builtin.debug": {
+                    "msg": "{{ {'download': qdrant_download, 'arch': ansible_facts.architecture | default('')} }}"
+                },
+                "vars": scoped,
+            }
+        )
         for template, suffix in (("config.yaml.j2", "yaml"), ("qdrant.service.j2", "service")):
             tasks.append(render_task(ROLE / "templates" / template, workdir / f"{name}.{suffix}", scoped))
     tasks.append(
@@ -81,7 +96,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict:
     plays = [{"name": "Render the qdrant files", "hosts": "localhost", "gather_facts": False, "tasks": tasks}]
     _, report = run_play(plays, workdir)
     files = {name: {kind: workdir / f"{name}.{kind}" for kind in ("yaml", "service")} for name in VAR_SETS}
-    return {"files": files, "results": task_results(report)}
+    results = task_results(report)
+    fetches = {
+        name: next(r["msg"] for task, r in results if task == f"Report the release to fetch ({name})")
+        for name in VAR_SETS
+    }
+    return {"files": files, "results": results, "fetches": fetches}
 
 
 def _config(rendered: dict, name: str) -> dict:
@@ -131,6 +151,137 @@ def test_odd_keys_survive_and_extra_config_cannot_weaken_the_managed_keys(render
     assert config["telemetry_disabled"] is True
 
 
+# The settings Qdrant v1.19.0 (the pinned qdrant_version) reads from its config file, derived from qdrant/qdrant at
+# tag v1.19.0: src/settings.rs (`Settings`, `ServiceConfig`, `TlsConfig`), lib/storage/src/types.rs (`StorageConfig`,
+# `PerformanceConfig`) and config/config.yaml (the defaults compiled into the binary, under every config file). Serde
+# ignores an unknown key, so a misspelt or renamed one would silently do nothing: every key the role writes must be
+# here, with the type the release parses it as. Moving the pin means reading the new tag's files and updating this.
+UPSTREAM_FIELDS: dict[str, set[str]] = {
+    "": {
+        "log_level",
+        "logger",
+        "storage",
+        "service",
+        "cluster",
+        "telemetry_disabled",
+        "tls",
+        "debugger",
+        "inference",
+        "gpu",
+        "feature_flags",
+        "audit",
+    },
+    "service": {
+        "host",
+        "http_port",
+        "grpc_port",
+        "metrics_port",
+        "max_request_size_mb",
+        "max_workers",
+        "http_keep_alive_timeout_sec",
+        "http_client_request_timeout_sec",
+        "http_client_disconnect_timeout_sec",
+        "enable_cors",
+        "enable_tls",
+        "verify_https_client_certificate",
+        "api_key",
+        "alt_api_key",
+        "read_only_api_key",
+        "jwt_rbac",
+        "enforce_internal_auth",
+        "hide_jwt_dashboard",
+        "static_content_dir",
+        "enable_static_content",
+        "slow_query_secs",
+        "hardware_reporting",
+        "metrics_prefix",
+        "enable_snapshot_url_recovery",
+    },
+    "tls": {"cert", "key", "ca_cert", "cert_ttl"},
+    "storage": {
+        "storage_path",
+        "snapshots_path",
+        "snapshots_config",
+        "temp_path",
+        "on_disk_payload",
+        "payload",
+        "optimizers",
+        "optimizers_overwrite",
+        "wal",
+        "performance",
+        "hnsw_index",
+        "hnsw_global_config",
+        "mmap_advice",
+        "low_memory_mode",
+        "node_type",
+        "update_queue_size",
+        "handle_collection_load_errors",
+        "recovery_mode",
+        "update_concurrency",
+        "shard_transfer_method",
+        "collection",
+        "max_collections",
+        "quotas",
+    },
+    "storage.performance": {
+        "max_search_threads",
+        "max_optimization_runtime_threads",
+        "update_rate_limit",
+        "search_timeout_sec",
+        "optimizer_cpu_budget",
+        "optimizer_io_budget",
+        "incoming_shard_transfers_limit",
+        "outgoing_shard_transfers_limit",
+        "async_scorer",
+        "io_uring",
+    },
+}
+# Types of the keys the role itself writes, as the same sources declare them (u16 ports, String paths and keys).
+UPSTREAM_TYPES: dict[str, type] = {
+    "log_level": str,
+    "telemetry_disabled": bool,
+    "storage.storage_path": str,
+    "storage.snapshots_path": str,
+    "service.host": str,
+    "service.http_port": int,
+    "service.grpc_port": int,
+    "service.api_key": str,
+    "service.read_only_api_key": str,
+    "service.enable_tls": bool,
+    "tls.cert": str,
+    "tls.key": str,
+    "tls.ca_cert": str,
+}
+# config/config.yaml at v1.19.0: the ports Roo Code and the firewall expect are Qdrant's own defaults.
+UPSTREAM_DEFAULT_PORTS = {"http_port": 6333, "grpc_port": 6334}
+
+
+def _leaves(config: dict, prefix: str = "") -> dict[str, object]:
+    """path -> value of every setting, descending into the sections UPSTREAM_FIELDS lists."""
+    found: dict[str, object] = {}
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and path in UPSTREAM_FIELDS:
+            found.update(_leaves(value, path))
+        else:
+            found[path] = value
+    return found
+
+
+def test_every_key_the_role_writes_is_a_setting_of_the_pinned_release(rendered: dict) -> None:
+    for name in VAR_SETS:
+        for path, value in _leaves(_config(rendered, name)).items():
+            section, _, key = path.rpartition(".")
+            assert key in UPSTREAM_FIELDS[section], f"{name}: {path} is not a setting of Qdrant v1.19.0"
+            if name != "tarball_odd_key_and_extra_config" or path in UPSTREAM_TYPES:
+                assert path in UPSTREAM_TYPES, f"{name}: {path} is written by the role but its type is not listed"
+                expected = UPSTREAM_TYPES[path]
+                assert type(value) is expected, f"{name}: {path} = {value!r} is not {expected.__name__}"
+            if path in ("service.http_port", "service.grpc_port"):
+                assert 0 < value < 65536, (name, path, value)  # u16
+    assert {k: DEFAULTS[f"qdrant_{k}"] for k in UPSTREAM_DEFAULT_PORTS} == UPSTREAM_DEFAULT_PORTS
+
+
 def test_config_validation_command_accepts_good_and_rejects_broken_files(rendered: dict, tmp_path: Path) -> None:
     configure = yaml.safe_load((ROLE / "tasks" / "configure.yml").read_text())
     task = next(t for t in configure if t.get("ansible.builtin.template", {}).get("src") == "config.yaml.j2")
@@ -154,9 +305,39 @@ def test_config_validation_command_accepts_good_and_rejects_broken_files(rendere
     assert run(keyless) != 0
 
 
+def test_with_no_source_set_the_pinned_musl_tarball_of_the_host_architecture_is_fetched(rendered: dict) -> None:
+    fetch = rendered["fetches"]["pinned_default"]
+    arch = fetch["arch"]
+    assert arch in ("x86_64", "aarch64"), arch
+    assert fetch["download"] == {
+        "url": f"https://github.com/qdrant/qdrant/releases/download/v{DEFAULTS['qdrant_version']}/"
+        f"qdrant-{arch}-unknown-linux-musl.tar.gz",
+        "sha256": DEFAULTS["qdrant_release_sha256"][arch],
+    }
+    # The overrides fetch what they name, and the binary-less host fetches nothing.
+    assert rendered["fetches"]["deb_with_tls"]["download"] == {
+        "url": VAR_SETS["deb_with_tls"]["qdrant_deb_url"],
+        "sha256": "a" * 64,
+    }
+    assert rendered["fetches"]["tarball_odd_key_and_extra_config"]["download"]["sha256"] == "b" * 64
+    assert rendered["fetches"]["minimal"]["download"] == {}
+
+
+def test_the_pin_covers_both_architectures_with_sha256_digests() -> None:
+    assert set(DEFAULTS["qdrant_release_sha256"]) == {"x86_64", "aarch64"}
+    for arch, digest in DEFAULTS["qdrant_release_sha256"].items():
+        assert re.fullmatch(r"[0-9a-f]{64}", digest), arch
+    assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", DEFAULTS["qdrant_version"])
+    # The argument specs state the same pin (tools/qdrant_pin.py rewrites both).
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert specs["qdrant_version"]["default"] == DEFAULTS["qdrant_version"]
+    assert specs["qdrant_release_sha256"]["default"] == DEFAULTS["qdrant_release_sha256"]
+
+
 def test_unit_runs_the_binary_of_each_source_hardened(rendered: dict) -> None:
     binaries = {
         "minimal": "/usr/local/bin/qdrant",
+        "pinned_default": "/usr/local/bin/qdrant",
         "deb_with_tls": "/usr/bin/qdrant",
         "tarball_odd_key_and_extra_config": "/usr/local/bin/qdrant",
     }
@@ -175,12 +356,10 @@ def test_unit_runs_the_binary_of_each_source_hardened(rendered: dict) -> None:
 
 
 def test_no_binary_run_says_so(rendered: dict) -> None:
-    messages = [
-        r.get("msg") for name, r in rendered["results"] if name == "Say that the Qdrant binary is not installed"
-    ]
+    messages = [r.get("msg") for name, r in rendered["results"] if name == "Say that Qdrant is not running"]
     assert messages == [
-        "qdrant binary not installed: qdrant_install_binary is false; config and unit are in place, "
-        "the service is not started"
+        "qdrant binary not installed: qdrant_install_binary is false; config and unit are in place, the service is "
+        "not started, and /etc/qdrant/not-running.json tells `embedstack health` why"
     ]
     started = [r for name, r in rendered["results"] if name == "Enable and start qdrant.service"]
     assert started and all(r.get("skipped") for r in started)
@@ -194,7 +373,12 @@ REJECTED: dict[str, tuple[dict, tuple[str, ...]]] = {
         {"qdrant_read_only_api_key": KEY, "qdrant_install_binary": False},
         ("qdrant_read_only_api_key",),
     ),
-    "no_source": ({}, ("qdrant_deb_url", "qdrant_binary_url", "qdrant_local_file")),
+    "no_pin_for_this_architecture": (
+        {"qdrant_release_sha256": {"riscv64": "c" * 64}},
+        ("qdrant_release_sha256", "riscv64", "qdrant_binary_url", "qdrant_local_file"),
+    ),
+    "pin_not_a_sha256": ({"qdrant_release_sha256": {"x86_64": "abc", "aarch64": "abc"}}, ("qdrant_release_sha256",)),
+    "pin_not_a_version": ({"qdrant_version": "latest"}, ("qdrant_version", "latest")),
     "two_sources": (
         {
             "qdrant_deb_url": "https://example.invalid/q.deb",
@@ -202,7 +386,7 @@ REJECTED: dict[str, tuple[dict, tuple[str, ...]]] = {
             "qdrant_binary_url": "https://example.invalid/q.tar.gz",
             "qdrant_binary_sha256": "b" * 64,
         },
-        ("exactly one", "qdrant_deb_url", "qdrant_binary_url"),
+        ("at most one", "qdrant_deb_url", "qdrant_binary_url", "2 set"),
     ),
     "deb_without_sha": ({"qdrant_deb_url": "https://example.invalid/q.deb"}, ("qdrant_deb_sha256",)),
     "tarball_bad_sha": (
@@ -210,12 +394,24 @@ REJECTED: dict[str, tuple[dict, tuple[str, ...]]] = {
         ("qdrant_binary_sha256",),
     ),
     "missing_local_file": ({"qdrant_local_file": "/nonexistent/qdrant.deb"}, ("qdrant_local_file", "does not exist")),
+    # A file named as the pinned tarball is held to the pinned sha256 (the fixture writes other bytes under that name).
+    "local_copy_of_the_pinned_tarball": (  # accepted: its bytes match the pin (the fixture sets both)
+        {"qdrant_local_file": "qdrant-x86_64-unknown-linux-musl.tar.gz"},
+        (),
+    ),
+    "local_copy_of_the_pinned_tarball_with_other_bytes": (
+        {"qdrant_local_file": "qdrant-x86_64-unknown-linux-musl.tar.gz"},
+        ("qdrant_local_file", "does not match its sha256 " + DEFAULTS["qdrant_release_sha256"]["x86_64"], "pinned"),
+    ),
     "tls_without_cert": ({"qdrant_enable_tls": True, "qdrant_install_binary": False}, ("qdrant_tls_cert",)),
 }
 
 
 @pytest.fixture(scope="module")
 def rejections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    workdir = tmp_path_factory.mktemp("qdrant-reject")
+    copy = workdir / "qdrant-x86_64-unknown-linux-musl.tar.gz"
+    copy.write_bytes(b"not the release\n")
     cases = {
         case: {
             "include": {"name": "qdrant", "tasks_from": "preflight.yml"},
@@ -223,7 +419,12 @@ def rejections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         }
         for case, (variables, _) in REJECTED.items()
     }
-    outcomes, _ = run_cases(cases, tmp_path_factory.mktemp("qdrant-reject"))
+    cases["local_copy_of_the_pinned_tarball_with_other_bytes"]["vars"]["qdrant_local_file"] = str(copy)
+    cases["local_copy_of_the_pinned_tarball"]["vars"].update(
+        qdrant_local_file=str(copy),
+        qdrant_release_sha256={arch: hashlib.sha256(copy.read_bytes()).hexdigest() for arch in ("x86_64", "aarch64")},
+    )
+    outcomes, _ = run_cases(cases, workdir)
     return outcomes
 
 

@@ -105,7 +105,7 @@ def test_a_wrong_qdrant_api_key_fails_clearly(qdrant, metadata, gcs, tmp_path):
     result = run_upload(qdrant, metadata, gcs.url, config)
     assert result.returncode != 0
     assert "FAILED: POST " in result.stdout and "/snapshots answered HTTP 401" in result.stdout, result.stdout
-    assert "Invalid api-key" in result.stdout
+    assert "Invalid API key or JWT" in result.stdout
     assert qdrant.snapshots == {} and gcs.uploads == []
 
 

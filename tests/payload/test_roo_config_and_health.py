@@ -63,8 +63,11 @@ def test_roo_config_prints_what_roo_code_needs(tmp_path):
         "Qdrant URL": "http://127.0.0.1:6333",
         "Qdrant API Key": "qd-key",
     }
+    # Nothing answers SSH there: roo-config says it could not check that Qdrant runs (stderr beside --json).
+    assert out.stderr.startswith("embedstack roo-config: Could not check whether Qdrant runs on qdrant-1: unreachable")
     table = embedstack("roo-config", "-i", str(inv)).stdout
     assert "Qdrant URL" in table and ":6333" in table
+    assert "Could not check whether Qdrant runs on qdrant-1: unreachable" in table
     assert "embeds up to 256 tokens of a chunk, about 947 characters of code" in table
 
 

@@ -74,8 +74,6 @@ USER_CONFIG: dict[str, Any] = {
     "gcp:project": PROJECT_ID,
     "embedstack:client_cidrs": ["203.0.113.7/32", "198.51.100.0/24"],
     "embedstack:admin_cidrs": ["203.0.113.7/32"],
-    "embedstack:qdrant_deb_url": "https://example.invalid/qdrant_1.15.5-1_amd64.deb",
-    "embedstack:qdrant_deb_sha256": "0" * 64,
 }
 STACKS = ("l4", "a100")
 

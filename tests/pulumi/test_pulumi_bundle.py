@@ -105,8 +105,8 @@ def test_rendered_variables_hold_the_stack_values(stack_run: StackRun) -> None:
     assert upstream["query_prefix"].startswith("Instruct: ") and upstream["query_prefix"].endswith("\nQuery:")
     wheel = next(n for n in files if n.endswith(".whl"))
     assert wheel == f"wheels/embedstack-{stack_vars['embedding_service_version']}-py3-none-any.whl"
-    assert stack_vars["qdrant_deb_url"] == USER_CONFIG["embedstack:qdrant_deb_url"]
-    assert stack_vars["qdrant_deb_sha256"] == USER_CONFIG["embedstack:qdrant_deb_sha256"]
+    # No Qdrant release in the stack: the qdrant role installs its pinned one.
+    assert not {k for k in stack_vars if k.startswith(("qdrant_deb", "qdrant_binary", "qdrant_local"))}
     # The bucket the index VM uploads Qdrant snapshots to is the one the program creates.
     bucket = stack_run.one("gcp:storage/bucket:Bucket", "-qdrant-snapshots")
     assert stack_vars["qdrant_snapshots_bucket"] == bucket["name"]
@@ -223,3 +223,11 @@ def test_snapshot_bucket_name_is_valid(stack: str, project: str) -> None:
     name = bundle_build.snapshot_bucket_name(settings)
     assert 3 <= len(name) <= 63 and name.startswith(project) and name.endswith("-qdrant-snapshots")
     assert all(c.islower() or c.isdigit() or c in "-_" for c in name)
+
+
+def test_a_stack_that_names_a_qdrant_deb_passes_it_to_the_role() -> None:
+    deb = {"qdrant_deb_url": "https://example.invalid/qdrant_1.19.0-1_amd64.deb", "qdrant_deb_sha256": "c" * 64}
+    stack_vars = bundle_build.render_vars(settings_for("l4", **deb), "embedstack-0.1.0-py3-none-any.whl")
+    assert {k: stack_vars[k] for k in deb} == deb
+    pinned = bundle_build.render_vars(settings_for("l4"), "embedstack-0.1.0-py3-none-any.whl")
+    assert "qdrant_deb_url" not in pinned and "qdrant_deb_sha256" not in pinned

@@ -27,12 +27,9 @@ pytest_plugins = ["pulumi_fixtures"]
 GPUS, MODELS = catalog.GPUS, catalog.MODELS
 MAX_TARGET_SIZE, ConfigError = config.MAX_TARGET_SIZE, config.ConfigError
 
-# What every stack needs besides the committed values (the user's own addresses, Qdrant release).
-REQUIRED = {
-    "client_cidrs": json.dumps(["203.0.113.7/32"]),
-    "qdrant_deb_url": "https://example.invalid/qdrant_1.15.5-1_amd64.deb",
-    "qdrant_deb_sha256": "a" * 64,
-}
+# What every stack needs besides the committed values: the user's own addresses (the Qdrant release is pinned).
+REQUIRED = {"client_cidrs": json.dumps(["203.0.113.7/32"])}
+DEB = {"qdrant_deb_url": "https://example.invalid/qdrant_1.19.0-1_amd64.deb", "qdrant_deb_sha256": "a" * 64}
 EXAMPLES = settings(max_examples=150, deadline=None)
 
 
@@ -206,7 +203,10 @@ def test_malformed_cidr_is_refused(text: str) -> None:
         ({"network": "Bad_Name"}, r"^embedstack:network 'Bad_Name' is not a network name; allowed:"),
         ({"network": "shared"}, r"^embedstack:subnetwork '' is not a subnetwork name; allowed:.*required when"),
         ({"qdrant_machine_type": "a2-highgpu-1g"}, r"^embedstack:qdrant_machine_type 'a2-highgpu-1g' .*family e2"),
-        ({"qdrant_deb_sha256": "abc"}, r"^embedstack:qdrant_deb_sha256 'abc' is not allowed; allowed: 64 hex"),
+        ({**DEB, "qdrant_deb_sha256": "abc"}, r"^embedstack:qdrant_deb_sha256 'abc' is not allowed; allowed: 64 hex"),
+        ({"qdrant_deb_url": DEB["qdrant_deb_url"]}, r"^embedstack:qdrant_deb_sha256 '' is not allowed; allowed: 64"),
+        ({"qdrant_deb_sha256": "a" * 64}, r"^embedstack:qdrant_deb_sha256 is set without embedstack:qdrant_deb_url"),
+        ({"qdrant_deb_url": "http://x/q.deb"}, r"^embedstack:qdrant_deb_url 'http://x/q.deb' .*empty \(the pinned"),
         ({"snapshot_start_time": "03:30"}, r"^embedstack:snapshot_start_time '03:30' .*a whole hour"),
         ({"public_ip": "maybe"}, r"^embedstack:public_ip 'maybe' is not a boolean; allowed: true, false$"),
         ({"boot_disk_gb": "40"}, r"^embedstack:boot_disk_gb '40' is not allowed; allowed: an integer from 100"),
@@ -217,9 +217,16 @@ def test_each_bad_value_names_its_key_and_the_allowed_values(raw: dict[str, str]
         parse(**raw)
 
 
+def test_the_qdrant_release_needs_no_setting_and_a_deb_is_an_override() -> None:
+    pinned = parse()
+    assert (pinned.qdrant_deb_url, pinned.qdrant_deb_sha256) == ("", "")
+    chosen = parse(**{**DEB, "qdrant_deb_sha256": "A" * 64})
+    assert (chosen.qdrant_deb_url, chosen.qdrant_deb_sha256) == (DEB["qdrant_deb_url"], "a" * 64)
+
+
 def test_required_keys_are_named() -> None:
-    with pytest.raises(ConfigError, match=r"^embedstack:qdrant_deb_url is required"):
-        config.parse({"client_cidrs": REQUIRED["client_cidrs"]}, "test", PROJECT_ID)
+    with pytest.raises(ConfigError, match=r"^embedstack:client_cidrs is required"):
+        config.parse({}, "test", PROJECT_ID)
     with pytest.raises(ConfigError, match=r"^gcp:project '' is not a project id; .*pulumi config set gcp:project"):
         config.parse(REQUIRED, "test", "")
 
@@ -272,8 +279,6 @@ def test_committed_stacks_hold_no_secret_and_only_known_keys() -> None:
         "gcp:project",
         "embedstack:client_cidrs",
         "embedstack:admin_cidrs",
-        "embedstack:qdrant_deb_url",
-        "embedstack:qdrant_deb_sha256",
     }
 
 

@@ -1,26 +1,34 @@
 """Stand-ins for the parts of Qdrant's REST API that embedstack calls, for tests only.
 
-They are NOT Qdrant: no Qdrant binary can run on the test machine. They follow Qdrant's documented
-REST API (https://api.qdrant.tech/api-reference, the OpenAPI schema of qdrant/qdrant
-`docs/redoc/master/openapi.json`) and its API-key check (https://qdrant.tech/documentation/guides/security/:
-the `api-key` header): answers are `{"result": ..., "status": "ok", "time": <seconds>}`.
+They are NOT Qdrant: no Qdrant binary can run on the test machine. Their behaviour follows qdrant/qdrant at tag
+v1.19.0, the release the qdrant role pins (roles/qdrant/defaults/main.yml `qdrant_version`):
+
+- Answers are `{"result": ..., "status": "ok", "time": <seconds>}`; an error is `{"status": {"error": ...}, "time"}`
+  (`ApiResponse`/`ApiStatus` in lib/api/src/rest/models.rs, built in src/actix/helpers.rs).
+- Authentication (src/actix/auth.rs, src/common/auth/mod.rs `validate_request`): the key comes from the `api-key`
+  header, else from `Authorization: Bearer <key>`. No key at all is a 401 with the plain-text body "Must provide an
+  API key or an Authorization bearer token"; a wrong key (no JWT configured) a 401 "Invalid API key or JWT". Both are
+  `HttpResponse::Unauthorized().body(...)`: plain text, not JSON.
+- `/`, `/healthz`, `/readyz` and `/livez` need no key (the whitelist in src/actix/mod.rs). `/readyz` answers 200 with
+  the plain text "all shards are ready", `/healthz` and `/livez` "healthz check passed" (src/actix/api/service_api.rs).
+- TLS (`service.enable_tls` with `tls.cert`/`tls.key`, config/config.yaml) serves HTTPS only, on the same ports.
 
 - `QdrantSnapshotStandin`: the full-storage snapshots the qdrant_snapshots role's upload script
-  uses (.../snapshots/create-full-snapshot and its list, download and delete siblings):
+  uses (src/actix/api/snapshot_api.rs: `create_full_snapshot`, `list_full_snapshots`, `get_full_snapshot`,
+  `delete_full_snapshot`):
 
     POST   /snapshots          → {"result": {"name", "creation_time", "size"}, "status": "ok", "time"}
     GET    /snapshots          → {"result": [{"name", "size"}, ...], ...}
     GET    /snapshots/<name>   → the snapshot's bytes (application/octet-stream)
     DELETE /snapshots/<name>   → {"result": true, "status": "ok", "time"}
 
-  Every call needs the `api-key` header: missing or wrong, it answers 401 with
-  `{"status": {"error": ...}, "time"}`; an unknown snapshot is 404.
+  An unknown snapshot is 404.
 
-- `QdrantCollectionsStandin`: the five calls of the health check's canary (GET /readyz;
-  PUT /collections/{name}; PUT /collections/{name}/points?wait=true;
-  GET /collections/{name}/points/{id}; DELETE /collections/{name}). /readyz needs no key; the
-  others answer a missing or wrong key with 401 and a plain-text body. It returns only what the
-  request itself determines.
+- `QdrantCollectionsStandin`: the calls of the health check's canary (GET /readyz; PUT /collections/{name};
+  PUT /collections/{name}/points?wait=true; GET /collections/{name}/points/{id}; DELETE /collections/{name}). It
+  returns only what the request itself determines.
+
+Left out: JWT RBAC, the read-only key, every other route.
 """
 
 from __future__ import annotations
@@ -36,10 +44,28 @@ from typing import Any
 
 from standins.base import StandinHandler, StandinServer
 
+# src/actix/mod.rs at v1.19.0: the routes the API key does not cover (exact, or by prefix)
+OPEN_EXACT = ("/", "/healthz")
+OPEN_PREFIX = ("/readyz", "/livez")
+
 
 class _QdrantHandler(StandinHandler):
     def answer(self, status: int, payload: dict[str, Any]) -> None:
         self.send_json(status, {**payload, "time": self.standin.took})
+
+    def guard(self) -> bool:
+        """Qdrant's auth middleware: open routes pass; otherwise the key must match, else a plain-text 401."""
+        if self.url.path in OPEN_EXACT or self.url.path.startswith(OPEN_PREFIX):
+            return True
+        key = self.headers.get("api-key")
+        if key is None and (self.headers.get("authorization") or "").startswith("Bearer "):
+            key = self.headers["authorization"].removeprefix("Bearer ")
+        if key == self.standin.api_key:
+            return True
+        missing = "Must provide an API key or an Authorization bearer token"
+        message = missing if key is None else "Invalid API key or JWT"
+        self.send(401, message.encode(), "text/plain; charset=utf-8")
+        return False
 
 
 class _SnapshotHandler(_QdrantHandler):
@@ -51,14 +77,6 @@ class _SnapshotHandler(_QdrantHandler):
         ("POST", "/snapshots/(?P<name>.*)", "not_allowed"),
         ("DELETE", "/snapshots", "not_allowed"),
     )
-
-    def guard(self) -> bool:
-        key = self.headers.get("api-key")
-        if key != self.standin.api_key:
-            error = "Must provide an API key or an Authorization bearer token" if key is None else "Invalid api-key"
-            self.answer(401, {"status": {"error": error}})
-            return False
-        return True
 
     def no_route(self) -> None:
         self.answer(404, {"status": {"error": f"Not found: {self.url.path}"}})
@@ -131,23 +149,21 @@ class _CollectionsHandler(_QdrantHandler):
     protocol_version = "HTTP/1.0"  # one request a connection, as the canary's client expects nothing else
     routes = (
         ("GET", "/readyz", "readyz"),
+        ("GET", "/(healthz|livez)", "healthz"),
         ("GET", r"/collections/(?P<name>[\w-]+)/points/(?P<point>\d+)", "get_point"),
         ("PUT", r"/collections/(?P<name>[\w-]+)", "create_collection"),
         ("PUT", r"/collections/(?P<name>[\w-]+)/points", "upsert_points"),
         ("DELETE", "/collections/(?P<name>.*)", "delete_collection"),
     )
 
-    def guard(self) -> bool:
-        if self.url.path == "/readyz" or self.headers.get("api-key") == self.standin.api_key:
-            return True
-        self.send(401, b"Must provide an API key or an Authorization bearer token", None)
-        return False
-
     def no_route(self) -> None:
         self.answer(404, {"result": None, "status": "ok"})
 
     def readyz(self) -> None:
-        self.answer(200, {"result": "all shards are ready", "status": "ok"})
+        self.send(200, b"all shards are ready", "text/plain; charset=utf-8")
+
+    def healthz(self, *_: str) -> None:
+        self.send(200, b"healthz check passed", "text/plain; charset=utf-8")
 
     def get_point(self, name: str, point: str) -> None:
         found = self.standin.collections.get(name, {}).get(int(point))

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health",
         help="check every host of a deployment over SSH",
-        description="Exit status 0 when every check passes, 1 when any fails, 2 on a bad inventory.",
+        description="Exit status 0 when every check passes, 1 when any fails, 2 on a bad inventory, 3 when all that "
+        "is wrong is a component the deployment left out and recorded why (a Qdrant release it could not fetch).",
     )
     health.add_argument(
         "-i", "--inventory", required=True, action="append", help="Ansible inventory; repeat to layer several"

@@ -16,12 +16,19 @@ from embedstack.inventory import Host, load_inventory, truthy
 SSH_TIMEOUT = 10
 
 
+# Exit status of `embedstack health` when the only checks not ok are components the deployment recorded as left out
+# (a Qdrant host whose release could not be fetched): not healthy, and not a fault `make lab` should stop on.
+EXIT_NOT_RUNNING = 3
+
+
 @dataclass
 class Check:
     host: str
     check: str
     ok: bool
     detail: str
+    # Not ok because the role left the component out and recorded why on the host (not a failure of what runs).
+    missing: bool = False
 
 
 def gateway_model(host: Host) -> tuple[str, int]:
@@ -74,19 +81,22 @@ def params_for(host: Host) -> dict[str, Any]:
             config_dir = host.vars.get("embedding_service_config_dir", "/etc/embedstack")
             params["gateway"]["tls"] = {"cert": f"{config_dir}/tls-cert.pem", "name": host.address}
     if "qdrant" in host.groups:
-        installed = truthy(host.vars.get("qdrant_install_binary", True))
-        if installed:
-            units.append("qdrant.service")
+        # Whether Qdrant is installed is read on the host: the role records there why it is not (remote_checks.py).
         params["qdrant"] = {
             "port": host.qdrant_port,
             "api_key": str(host.vars.get("qdrant_api_key", "")),
-            "installed": installed,
+            "not_running_record": qdrant_not_running_record(host),
         }
         if truthy(host.vars.get("qdrant_enable_tls", False)):
             params["qdrant"]["tls"] = {"cert": str(host.vars.get("qdrant_tls_cert", "")), "name": host.address}
     params["units"] = units
     params["min_free_gib"] = float(host.vars.get("embedstack_health_min_free_gib", 2))
     return params
+
+
+def qdrant_not_running_record(host: Host) -> str:
+    """Where the qdrant role records why Qdrant does not run on the host (roles/qdrant/tasks/configure.yml)."""
+    return f"{host.vars.get('qdrant_config_dir', '/etc/qdrant')}/not-running.json"
 
 
 def ssh_target(host: Host) -> list[str]:
@@ -111,8 +121,10 @@ def ssh_command(host: Host) -> list[str]:
     return ssh_target(host) + (["python3", "-"] if root else ["sudo", "-n", "python3", "-"])
 
 
-def check_host(host: Host) -> list[Check]:
-    script = f"PARAMS = {params_for(host)!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+def check_host(host: Host, params: dict[str, Any] | None = None) -> list[Check]:
+    """Runs remote_checks.py on the host with params (all of the host's checks by default)."""
+    params = params_for(host) if params is None else params
+    script = f"PARAMS = {params!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
     try:
         proc = subprocess.run(
             ssh_command(host), input=script, capture_output=True, text=True, timeout=SSH_TIMEOUT + 90, check=False
@@ -135,21 +147,27 @@ def run_health(inventory: list[str], as_json: bool) -> int:
         return 2
     with ThreadPoolExecutor(max(1, min(8, len(hosts)))) as pool:
         checks = [c for per_host in pool.map(check_host, hosts) for c in per_host]
-    failed = [c for c in checks if not c.ok]
+    failed = [c for c in checks if not c.ok and not c.missing]
+    missing = [c for c in checks if c.missing]
     if as_json:
-        print(json.dumps({"healthy": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+        print(json.dumps({"healthy": not failed and not missing, "checks": [asdict(c) for c in checks]}, indent=2))
     else:
         print(render_table(checks))
-        summary = f"{len(checks) - len(failed)} passed, {len(failed)} failed"
-        print(f"\n{'HEALTHY' if not failed else 'UNHEALTHY'}: {summary}")
+        passed = len(checks) - len(failed) - len(missing)
+        verdict = "UNHEALTHY" if failed else "NOT COMPLETE" if missing else "HEALTHY"
+        print(f"\n{verdict}: {passed} passed, {len(failed)} failed, {len(missing)} not running")
         for c in failed:
             print(f"  FAIL {c.host}: {c.check}: {c.detail}")
-    return 1 if failed else 0
+        for c in missing:
+            print(f"  NOT RUNNING {c.host}: {c.check} is {c.detail}")
+    return 1 if failed else EXIT_NOT_RUNNING if missing else 0
+
+
+def status_word(check: Check) -> str:
+    return "ok" if check.ok else "NOT RUNNING" if check.missing else "FAIL"
 
 
 def render_table(checks: list[Check]) -> str:
-    rows = [("HOST", "CHECK", "STATUS", "DETAIL")] + [
-        (c.host, c.check, "ok" if c.ok else "FAIL", c.detail) for c in checks
-    ]
+    rows = [("HOST", "CHECK", "STATUS", "DETAIL")] + [(c.host, c.check, status_word(c), c.detail) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)

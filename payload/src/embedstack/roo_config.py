@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from embedstack.errors import ConfigError
-from embedstack.health import first_key, gateway_max_tokens, gateway_model
-from embedstack.inventory import in_group, load_inventory
+from embedstack.health import check_host, first_key, gateway_max_tokens, gateway_model, params_for
+from embedstack.inventory import Host, in_group, load_inventory
 
 
 def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:
     """The settings, and the longest chunk (in tokens) the model embeds whole."""
+    settings, max_tokens, _ = _settings_and_qdrant_host(inventory)
+    return settings, max_tokens
+
+
+def _settings_and_qdrant_host(inventory: list[str]) -> tuple[dict[str, str | int], int, Host | None]:
     hosts = load_inventory(inventory)
     embedding, qdrant = in_group(hosts, "embedding"), in_group(hosts, "qdrant")
     if not embedding:
@@ -36,7 +42,29 @@ def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:
             qd.vars.get("embedstack_qdrant_url") or f"{scheme}://{qd.address}:{qd.qdrant_port}"
         )
         settings["Qdrant API Key"] = str(qd.vars.get("qdrant_api_key", ""))
-    return settings, gateway_max_tokens(gw)
+    return settings, gateway_max_tokens(gw), qdrant[0] if qdrant else None
+
+
+def qdrant_warning(host: Host) -> str | None:
+    """None when Qdrant answers on the host; else the paragraph that says it does not, why, and what fixes it.
+
+    Read over SSH as `embedstack health` reads it (the unit, /readyz, and the record the qdrant role leaves where it
+    installed no Qdrant), so the settings are never printed as if Roo Code could use them when it cannot."""
+    params = {"only": ["qdrant"], "qdrant": {**params_for(host)["qdrant"], "canary": False}}
+    checks = check_host(host, params)
+    bad = [c for c in checks if not c.ok]
+    if not bad:
+        return None
+    if any(c.check == "ssh" for c in bad):
+        return f"Could not check whether Qdrant runs on {host.name}: {bad[0].detail}."
+    if any(c.missing for c in bad):
+        return (
+            f"Qdrant is NOT running on {host.name}, so Roo Code's indexing fails at its first write: it is "
+            + "; ".join(c.detail for c in bad if c.missing)
+        )
+    return f"Qdrant on {host.name} is not answering, so Roo Code's indexing fails: " + "; ".join(
+        f"{c.check}: {c.detail}" for c in bad
+    )
 
 
 # The Node.js documentation of the variable (https://nodejs.org/api/cli.html#node_extra_ca_certsfile):
@@ -64,14 +92,19 @@ def chunk_note(max_tokens: int) -> str:
 
 
 def run_roo_config(inventory: list[str], as_json: bool) -> int:
-    settings, max_tokens = roo_settings(inventory)
+    settings, max_tokens, qdrant_host = _settings_and_qdrant_host(inventory)
+    warning = qdrant_warning(qdrant_host) if qdrant_host else None
     if as_json:
         print(json.dumps(settings, indent=2))
+        if warning:  # stdout stays the settings alone, for scripts
+            print(f"embedstack roo-config: {warning}", file=sys.stderr)
         return 0
     print("Roo Code > Codebase Indexing settings:")
     width = max(len(k) for k in settings)
     for key, value in settings.items():
         print(f"  {key:<{width}}  {value}")
+    if warning:
+        print("\n" + warning)
     print("\n" + chunk_note(max_tokens))
     if str(settings["Base URL"]).startswith("https://"):
         print("\n" + TRUST_NOTE)
