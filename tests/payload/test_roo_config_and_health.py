@@ -69,6 +69,9 @@ def test_roo_config_prints_what_roo_code_needs(tmp_path):
     assert "Qdrant URL" in table and ":6333" in table
     assert "Could not check whether Qdrant runs on qdrant-1: unreachable" in table
     assert "embeds up to 256 tokens of a chunk, about 947 characters of code" in table
+    # Roo's own words for a wrong or empty Model field, explained (issue 22, section 4)
+    assert "\"Invalid API endpoint\", the Model field is not 'all-minilm-l6-v2'" in table
+    assert "text-embedding-3-small" in table
 
 
 def test_roo_config_of_an_https_gateway_says_how_vs_code_trusts_its_ca(tmp_path):

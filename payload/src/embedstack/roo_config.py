@@ -91,6 +91,16 @@ def chunk_note(max_tokens: int) -> str:
     )
 
 
+def messages_note(model: str) -> str:
+    """What two of Roo Code's messages mean with this gateway (Roo maps every 404 to "Invalid API endpoint", and
+    an empty Model field sends OpenAI's default model name)."""
+    return (
+        f'If Roo reports "Invalid API endpoint", the Model field is not {model!r}: Roo says that for every 404, '
+        "and the gateway answers 404 to a model it does not serve. Leave the Model field empty and Roo sends "
+        "text-embedding-3-small, which the gateway does not serve either."
+    )
+
+
 def run_roo_config(inventory: list[str], as_json: bool) -> int:
     settings, max_tokens, qdrant_host = _settings_and_qdrant_host(inventory)
     warning = qdrant_warning(qdrant_host) if qdrant_host else None
@@ -106,6 +116,7 @@ def run_roo_config(inventory: list[str], as_json: bool) -> int:
     if warning:
         print("\n" + warning)
     print("\n" + chunk_note(max_tokens))
+    print("\n" + messages_note(str(settings["Model"])))
     if str(settings["Base URL"]).startswith("https://"):
         print("\n" + TRUST_NOTE)
     return 0
