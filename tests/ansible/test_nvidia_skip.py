@@ -1,8 +1,8 @@
 """The nvidia_userspace role skips hosts without a GPU, says why, and changes nothing.
 
 Runs the whole role (its main entry point, argument specs included) against this GPU-less machine with a local
-connection: once for a host not marked `embedstack_gpu` (a real run) and once for a host marked as a GPU host
-that has no /dev/nvidia0 (check mode).
+connection: once for a host not marked as a GPU host (a real run) and once with `nvidia_userspace_enabled`
+(what site.yml passes from `embedstack_gpu`) on a host that has no /dev/nvidia0 (check mode).
 """
 
 from __future__ import annotations
@@ -55,6 +55,6 @@ def test_host_not_marked_as_gpu_host_is_skipped(tmp_path: Path) -> None:
 
 def test_gpu_host_without_device_node_is_skipped(tmp_path: Path) -> None:
     stats, results = _run(
-        tmp_path, {"embedstack_gpu": True, "nvidia_userspace_driver_version": "550.54.14"}, check=True
+        tmp_path, {"nvidia_userspace_enabled": True, "nvidia_userspace_driver_version": "550.54.14"}, check=True
     )
     _assert_skipped(stats, results, "/dev/nvidia0 does not exist")
