@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(not (VENV_BIN / "ansible-playbook").exists(), re
 
 
 VARIANTS = {
-    "gpu": {"embedstack_gpu": True, "preemption_metadata_url": "http://10.213.0.1"},
-    "cpu": {"embedstack_gpu": False},
+    "gpu": {"preemption_stop_vllm": True, "preemption_metadata_url": "http://10.213.0.1"},
+    "cpu": {"preemption_stop_vllm": False},
     "verify": {"preemption_cli": str(VENV_BIN / "embedstack")},
 }
 
