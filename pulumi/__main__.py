@@ -18,6 +18,7 @@ from catalog import QDRANT_PORTS
 from components import BundleStore, EmbeddingTier, IndexTier, Network, ServiceAccounts
 from components.project_services import ProjectServices
 from components.snapshots import SnapshotStore
+from components.tier_vms import TierVm
 from components.tls import CertificateAuthority
 from images import check_family, family_image
 
@@ -119,33 +120,34 @@ def main() -> dict[str, object]:
     embedding = EmbeddingTier(
         f"{prefix}-embed",
         settings,
-        subnetwork=network.subnetwork,
-        service_account=accounts.embedding.email,
-        metadata={
-            **common,
-            "embedstack-tier": "embedding",
-            # The bootstrap publishes a boot that failed for good as the guest attribute embedstack/boot-failure.
-            "enable-guest-attributes": "TRUE",
-            # The DLVM's own first-boot installer; elsewhere the nvidia_driver role installs the driver.
-            **({"install-nvidia-driver": "True"} if settings.image_installs_driver else {}),
-        },
-        secrets={"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key},
-        boot_image=embedding_image,
-        ca=ca,
+        TierVm(
+            subnetwork=network.subnetwork,
+            service_account=accounts.embedding.email,
+            metadata={
+                **common,
+                "embedstack-tier": "embedding",
+                # The bootstrap publishes a boot that failed for good as the guest attribute embedstack/boot-failure.
+                "enable-guest-attributes": "TRUE",
+                # The DLVM's own first-boot installer; elsewhere the nvidia_driver role installs the driver.
+                **({"install-nvidia-driver": "True"} if settings.image_installs_driver else {}),
+            },
+            secrets={"embedding_service_api_keys": gateway_key.apply(lambda k: [k]), "vllm_api_key": vllm_key},
+            boot_image=embedding_image,
+            ca=ca,
+        ),
         opts=after_apis,
     )
     index = IndexTier(
         f"{prefix}-index",
         settings,
-        subnetwork=network.subnetwork,
-        service_account=accounts.index.email,
-        metadata={
-            **common,
-            "embedstack-tier": "index",
-        },
-        secrets={"qdrant_api_key": qdrant_key},
-        boot_image=qdrant_image,
-        ca=ca if settings.qdrant_tls else None,
+        TierVm(
+            subnetwork=network.subnetwork,
+            service_account=accounts.index.email,
+            metadata={**common, "embedstack-tier": "index"},
+            secrets={"qdrant_api_key": qdrant_key},
+            boot_image=qdrant_image,
+            ca=ca if settings.qdrant_tls else None,
+        ),
         opts=after_apis,
     )
 

@@ -1,0 +1,62 @@
+"""What the embedding and index tiers' VMs share: how they are wired into the stack, their metadata,
+their reserved external address and the HTTP-or-HTTPS health check.
+
+Plain helpers, not a component: each resource stays a direct child of its tier, so its URN is the tier's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.metadata import secrets_yaml
+from components.tls import CertificateAuthority
+from config import Settings
+
+
+@dataclass(frozen=True)
+class TierVm:
+    """How a tier's VMs are wired: network, identity, boot image, boot metadata and secrets, TLS."""
+
+    subnetwork: pulumi.Input[str]
+    service_account: pulumi.Input[str]
+    # What the bootstrap reads (pulumi/bootstrap/startup.sh), besides embedstack-secrets.
+    metadata: Mapping[str, pulumi.Input[str]]
+    # The tier's ansible variables for embedstack-secrets.
+    secrets: Mapping[str, pulumi.Input[object]]
+    boot_image: pulumi.Input[str]
+    # HTTPS with a server certificate from this CA, or plain HTTP when None.
+    ca: CertificateAuthority | None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.ca is None else "https"
+
+    def boot_metadata(self, tls_secrets: Mapping[str, pulumi.Input[object]]) -> dict[str, pulumi.Input[str]]:
+        """The metadata plus embedstack-secrets: the tier's secrets and those of its server certificate."""
+        return {**self.metadata, "embedstack-secrets": secrets_yaml({**self.secrets, **tls_secrets})}
+
+
+def external_address(
+    name: str, description: str, settings: Settings, opts: pulumi.ResourceOptions
+) -> gcp.compute.Address:
+    """A reserved regional external address, so clients keep theirs across VM replacements."""
+    return gcp.compute.Address(
+        name,
+        description=description,
+        region=settings.region,
+        address_type="EXTERNAL",
+        network_tier="PREMIUM",
+        labels=settings.labels,
+        project=settings.project,
+        opts=opts,
+    )
+
+
+def probe(https: bool, port: int, path: str, http_args: type, https_args: type) -> dict[str, object]:
+    """A health check's http_health_check or https_health_check, the other None: the same probe of `path`."""
+    args = (https_args if https else http_args)(port=port, request_path=path)
+    return {"http_health_check": None if https else args, "https_health_check": args if https else None}
