@@ -38,26 +38,7 @@ class Network(pulumi.ComponentResource):
         s = settings
 
         if s.create_network:
-            vpc = gcp.compute.Network(
-                name,
-                auto_create_subnetworks=False,
-                routing_mode="REGIONAL",
-                description=f"embedstack {s.stack}",
-                project=s.project,
-                opts=child,
-            )
-            subnet = gcp.compute.Subnetwork(
-                f"{name}-{s.region}",
-                network=vpc.id,
-                region=s.region,
-                ip_cidr_range=s.subnet_cidr,
-                # The VMs reach Cloud Storage (the bundle) without public addresses.
-                private_ip_google_access=True,
-                project=s.project,
-                opts=child,
-            )
-            self.network = vpc.self_link
-            self.subnetwork = subnet.self_link
+            self.network, self.subnetwork = self._create_vpc(name, s, child)
         else:
             self.network = pulumi.Output.from_input(f"projects/{s.project}/global/networks/{s.network}")
             self.subnetwork = pulumi.Output.from_input(
@@ -79,6 +60,42 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
 
+        self.firewalls = self._firewalls(name, s, embedding_account, index_account, child)
+        self.register_outputs({"network": self.network, "subnetwork": self.subnetwork})
+
+    @staticmethod
+    def _create_vpc(
+        name: str, s: Settings, child: pulumi.ResourceOptions
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        vpc = gcp.compute.Network(
+            name,
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            description=f"embedstack {s.stack}",
+            project=s.project,
+            opts=child,
+        )
+        subnet = gcp.compute.Subnetwork(
+            f"{name}-{s.region}",
+            network=vpc.id,
+            region=s.region,
+            ip_cidr_range=s.subnet_cidr,
+            # The VMs reach Cloud Storage (the bundle) without public addresses.
+            private_ip_google_access=True,
+            project=s.project,
+            opts=child,
+        )
+        return vpc.self_link, subnet.self_link
+
+    def _firewalls(
+        self,
+        name: str,
+        s: Settings,
+        embedding_account: pulumi.Input[str],
+        index_account: pulumi.Input[str],
+        child: pulumi.ResourceOptions,
+    ) -> dict[str, gcp.compute.Firewall]:
+        """Exactly the openings of the module docstring; everything else stays denied."""
         admin_sources = list(s.admin_cidrs) + ([IAP_RANGE] if s.allow_iap_ssh else [])
         rules = {
             "ssh": (admin_sources, [SSH_PORT], [embedding_account, index_account], "SSH from the admin networks"),
@@ -91,9 +108,8 @@ class Network(pulumi.ComponentResource):
                 "Google health checkers to the gateway's /ready (autohealing and the load balancer)",
             ),
         }
-        self.firewalls = {}
-        for rule, (sources, ports, targets, what) in rules.items():
-            self.firewalls[rule] = gcp.compute.Firewall(
+        return {
+            rule: gcp.compute.Firewall(
                 f"{name}-allow-{rule}",
                 network=self.network,
                 direction="INGRESS",
@@ -105,4 +121,5 @@ class Network(pulumi.ComponentResource):
                 project=s.project,
                 opts=child,
             )
-        self.register_outputs({"network": self.network, "subnetwork": self.subnetwork})
+            for rule, (sources, ports, targets, what) in rules.items()
+        }
