@@ -25,7 +25,7 @@ import pulumi_gcp as gcp
 
 from catalog import GATEWAY_PORT
 from components.options import child_options
-from components.tier_vms import TierVm, external_address, probe
+from components.tier_vms import TEMPLATE_ARGS, TierVm, external_address, probe
 from config import Settings
 
 
@@ -65,15 +65,6 @@ class EmbeddingTier(pulumi.ComponentResource):
             # A2 and G2 machine types carry their GPUs: no guest_accelerators (see catalog.py).
             machine_type=s.machine_type,
             region=s.region,
-            scheduling=gcp.compute.InstanceTemplateSchedulingArgs(
-                provisioning_model="SPOT",
-                preemptible=True,
-                automatic_restart=False,
-                # GPUs cannot live-migrate; spot VMs must terminate on host maintenance anyway.
-                on_host_maintenance="TERMINATE",
-                # The group recreates a deleted VM; a stopped one would just sit there.
-                instance_termination_action="DELETE",
-            ),
             disks=[
                 gcp.compute.InstanceTemplateDiskArgs(
                     boot=True,
@@ -93,16 +84,15 @@ class EmbeddingTier(pulumi.ComponentResource):
                     else [],
                 )
             ],
-            service_account=gcp.compute.InstanceTemplateServiceAccountArgs(
-                email=vm.service_account, scopes=["cloud-platform"]
+            **vm.vm_args(
+                s,
+                "embedding",
+                tls_secrets,
+                TEMPLATE_ARGS,
+                spot=True,
+                # Secure Boot would refuse the unsigned NVIDIA module the image installs at first boot.
+                secure_boot=False,
             ),
-            # Secure Boot would refuse the unsigned NVIDIA module the image installs at first boot.
-            shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
-                enable_secure_boot=False, enable_vtpm=True, enable_integrity_monitoring=True
-            ),
-            metadata=vm.boot_metadata(tls_secrets),
-            labels={**s.labels, "tier": "embedding"},
-            project=s.project,
             opts=child,
         )
 

@@ -25,7 +25,7 @@ import pulumi_gcp as gcp
 from bundle_build import QDRANT_DATA_DEVICE
 from catalog import QDRANT_PORTS, boot_disk_type
 from components.options import child_options
-from components.tier_vms import TierVm, external_address
+from components.tier_vms import INSTANCE_ARGS, TierVm, external_address
 from config import Settings
 
 
@@ -139,12 +139,6 @@ class IndexTier(pulumi.ComponentResource):
             description=f"embedstack {s.stack}: Qdrant",
             machine_type=s.qdrant_machine_type,
             zone=s.zone,
-            scheduling=gcp.compute.InstanceSchedulingArgs(
-                provisioning_model="STANDARD",
-                preemptible=False,
-                automatic_restart=True,
-                on_host_maintenance="MIGRATE",
-            ),
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
@@ -161,15 +155,9 @@ class IndexTier(pulumi.ComponentResource):
                     subnetwork=vm.subnetwork, network_ip=self.internal_address.address, access_configs=access
                 )
             ],
-            service_account=gcp.compute.InstanceServiceAccountArgs(email=vm.service_account, scopes=["cloud-platform"]),
-            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
-                enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
-            ),
-            metadata=vm.boot_metadata(tls_secrets),
+            **vm.vm_args(s, "index", tls_secrets, INSTANCE_ARGS, spot=False, secure_boot=True),
             # A machine-type change stops and starts the VM instead of failing the update.
             allow_stopping_for_update=True,
-            labels={**s.labels, "tier": "index"},
-            project=s.project,
             # The old VM holds the disk and the address: it must go before the new one comes.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )

@@ -1,5 +1,5 @@
-"""What the embedding and index tiers' VMs share: how they are wired into the stack, their metadata,
-their reserved external address and the HTTP-or-HTTPS health check.
+"""What the embedding and index tiers' VMs share: how they are wired into the stack, the arguments
+their VMs set alike, their reserved external address and the HTTP-or-HTTPS health check.
 
 Plain helpers, not a component: each resource stays a direct child of its tier, so its URN is the tier's.
 """
@@ -15,6 +15,27 @@ import pulumi_gcp as gcp
 from components.metadata import secrets_yaml
 from components.tls import CertificateAuthority
 from config import Settings
+
+
+@dataclass(frozen=True)
+class VmArgTypes:
+    """The provider's argument types of one VM resource: an instance template's differ from an instance's."""
+
+    scheduling: type
+    service_account: type
+    shielded_instance_config: type
+
+
+TEMPLATE_ARGS = VmArgTypes(
+    gcp.compute.InstanceTemplateSchedulingArgs,
+    gcp.compute.InstanceTemplateServiceAccountArgs,
+    gcp.compute.InstanceTemplateShieldedInstanceConfigArgs,
+)
+INSTANCE_ARGS = VmArgTypes(
+    gcp.compute.InstanceSchedulingArgs,
+    gcp.compute.InstanceServiceAccountArgs,
+    gcp.compute.InstanceShieldedInstanceConfigArgs,
+)
 
 
 @dataclass(frozen=True)
@@ -35,9 +56,43 @@ class TierVm:
     def scheme(self) -> str:
         return "http" if self.ca is None else "https"
 
-    def boot_metadata(self, tls_secrets: Mapping[str, pulumi.Input[object]]) -> dict[str, pulumi.Input[str]]:
-        """The metadata plus embedstack-secrets: the tier's secrets and those of its server certificate."""
-        return {**self.metadata, "embedstack-secrets": secrets_yaml({**self.secrets, **tls_secrets})}
+    def vm_args(
+        self,
+        settings: Settings,
+        tier: str,
+        tls_secrets: Mapping[str, pulumi.Input[object]],
+        types: VmArgTypes,
+        spot: bool,
+        secure_boot: bool,
+    ) -> dict[str, object]:
+        """What both tiers' VMs set alike: scheduling, identity, Shielded VM, metadata, labels and project.
+
+        `tls_secrets`: the server certificate's ansible variables, beside the tier's own secrets.
+        """
+        if spot:
+            scheduling = types.scheduling(
+                provisioning_model="SPOT",
+                preemptible=True,
+                automatic_restart=False,
+                # GPUs cannot live-migrate; spot VMs must terminate on host maintenance anyway.
+                on_host_maintenance="TERMINATE",
+                # The group recreates a deleted VM; a stopped one would just sit there.
+                instance_termination_action="DELETE",
+            )
+        else:
+            scheduling = types.scheduling(
+                provisioning_model="STANDARD", preemptible=False, automatic_restart=True, on_host_maintenance="MIGRATE"
+            )
+        return {
+            "scheduling": scheduling,
+            "service_account": types.service_account(email=self.service_account, scopes=["cloud-platform"]),
+            "shielded_instance_config": types.shielded_instance_config(
+                enable_secure_boot=secure_boot, enable_vtpm=True, enable_integrity_monitoring=True
+            ),
+            "metadata": {**self.metadata, "embedstack-secrets": secrets_yaml({**self.secrets, **tls_secrets})},
+            "labels": {**settings.labels, "tier": tier},
+            "project": settings.project,
+        }
 
 
 def external_address(
