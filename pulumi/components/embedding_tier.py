@@ -25,8 +25,17 @@ import pulumi_gcp as gcp
 
 from catalog import GATEWAY_PORT
 from components.options import child_options
-from components.tier_vms import TEMPLATE_ARGS, TierVm, external_address, probe
+from components.tier_vms import TEMPLATE_ARGS, HealthProbe, TierVm, external_address, health_check
 from config import Settings
+
+# Autohealing: patient (a first boot installs the driver, vLLM and the model, and may reboot once), then
+# firm. It probes /health, the gateway's liveness: /ready is the load balancer's (see the module docstring).
+AUTOHEAL = HealthProbe(
+    "/health", "embedstack gateway /health, for autohealing", interval=10, timeout=5, healthy=2, unhealthy=6
+)
+LOAD_BALANCER = HealthProbe(
+    "/ready", "embedstack gateway /ready, for the load balancer", interval=5, timeout=4, healthy=2, unhealthy=2
+)
 
 
 class EmbeddingTier(pulumi.ComponentResource):
@@ -99,25 +108,7 @@ class EmbeddingTier(pulumi.ComponentResource):
     def _group(
         self, name: str, s: Settings, vm: TierVm, child: pulumi.ResourceOptions
     ) -> gcp.compute.RegionInstanceGroupManager:
-        # Autohealing: patient (a first boot installs the driver, vLLM and the model, and may reboot once), then
-        # firm. It probes /health, the gateway's liveness: /ready is the load balancer's (see the module docstring).
-        autoheal_check = gcp.compute.HealthCheck(
-            f"{name}-autoheal",
-            description="embedstack gateway /health, for autohealing",
-            check_interval_sec=10,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=6,
-            **probe(
-                vm.ca is not None,
-                GATEWAY_PORT,
-                "/health",
-                gcp.compute.HealthCheckHttpHealthCheckArgs,
-                gcp.compute.HealthCheckHttpsHealthCheckArgs,
-            ),
-            project=s.project,
-            opts=child,
-        )
+        autoheal_check = health_check(f"{name}-autoheal", AUTOHEAL, GATEWAY_PORT, vm.ca is not None, s, child)
         zones = list(s.gpu_zones)
         return gcp.compute.RegionInstanceGroupManager(
             f"{name}-group",
@@ -160,24 +151,7 @@ class EmbeddingTier(pulumi.ComponentResource):
         self, name: str, s: Settings, vm: TierVm, child: pulumi.ResourceOptions
     ) -> gcp.compute.ForwardingRule:
         """The regional external passthrough Network Load Balancer on the reserved address."""
-        lb_check = gcp.compute.RegionHealthCheck(
-            f"{name}-lb",
-            description="embedstack gateway /ready, for the load balancer",
-            region=s.region,
-            check_interval_sec=5,
-            timeout_sec=4,
-            healthy_threshold=2,
-            unhealthy_threshold=2,
-            **probe(
-                vm.ca is not None,
-                GATEWAY_PORT,
-                "/ready",
-                gcp.compute.RegionHealthCheckHttpHealthCheckArgs,
-                gcp.compute.RegionHealthCheckHttpsHealthCheckArgs,
-            ),
-            project=s.project,
-            opts=child,
-        )
+        lb_check = health_check(f"{name}-lb", LOAD_BALANCER, GATEWAY_PORT, vm.ca is not None, s, child, regional=True)
         backend = gcp.compute.RegionBackendService(
             f"{name}-backend",
             region=s.region,

@@ -111,7 +111,49 @@ def external_address(
     )
 
 
-def probe(https: bool, port: int, path: str, http_args: type, https_args: type) -> dict[str, object]:
-    """A health check's http_health_check or https_health_check, the other None: the same probe of `path`."""
-    args = (https_args if https else http_args)(port=port, request_path=path)
-    return {"http_health_check": None if https else args, "https_health_check": args if https else None}
+@dataclass(frozen=True)
+class HealthProbe:
+    """One HTTP(S) health check of a tier's VMs: the path it asks, how often, and how patiently."""
+
+    path: str
+    description: str
+    interval: int  # seconds between probes
+    timeout: int  # seconds a probe may take
+    healthy: int  # successes in a row that make a VM healthy
+    unhealthy: int  # failures in a row that make it unhealthy
+
+
+def health_check(
+    name: str,
+    probe: HealthProbe,
+    port: int,
+    https: bool,
+    settings: Settings,
+    opts: pulumi.ResourceOptions,
+    regional: bool = False,
+) -> gcp.compute.HealthCheck | gcp.compute.RegionHealthCheck:
+    """`probe` over HTTPS where the tier serves it (Google's checkers verify no certificate), else HTTP;
+    regional for a regional load balancer, global for a group's autohealing."""
+    if regional:
+        check_type, where = gcp.compute.RegionHealthCheck, {"region": settings.region}
+        http_args, https_args = (
+            gcp.compute.RegionHealthCheckHttpHealthCheckArgs,
+            gcp.compute.RegionHealthCheckHttpsHealthCheckArgs,
+        )
+    else:
+        check_type, where = gcp.compute.HealthCheck, {}
+        http_args, https_args = gcp.compute.HealthCheckHttpHealthCheckArgs, gcp.compute.HealthCheckHttpsHealthCheckArgs
+    request = (https_args if https else http_args)(port=port, request_path=probe.path)
+    return check_type(
+        name,
+        description=probe.description,
+        **where,
+        check_interval_sec=probe.interval,
+        timeout_sec=probe.timeout,
+        healthy_threshold=probe.healthy,
+        unhealthy_threshold=probe.unhealthy,
+        http_health_check=None if https else request,
+        https_health_check=request if https else None,
+        project=settings.project,
+        opts=opts,
+    )
