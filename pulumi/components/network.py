@@ -60,7 +60,21 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.firewalls = self._firewalls(name, s, embedding_account, index_account, child)
+        self.firewalls = {
+            rule: gcp.compute.Firewall(
+                f"{name}-allow-{rule}",
+                network=self.network,
+                direction="INGRESS",
+                priority=1000,
+                description=f"embedstack {s.stack}: {what}",
+                source_ranges=sources,
+                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(p) for p in ports])],
+                target_service_accounts=targets,
+                project=s.project,
+                opts=child,
+            )
+            for rule, (sources, ports, targets, what) in firewall_rules(s, embedding_account, index_account).items()
+        }
         self.register_outputs({"network": self.network, "subnetwork": self.subnetwork})
 
     @staticmethod
@@ -87,39 +101,20 @@ class Network(pulumi.ComponentResource):
         )
         return vpc.self_link, subnet.self_link
 
-    def _firewalls(
-        self,
-        name: str,
-        s: Settings,
-        embedding_account: pulumi.Input[str],
-        index_account: pulumi.Input[str],
-        child: pulumi.ResourceOptions,
-    ) -> dict[str, gcp.compute.Firewall]:
-        """Exactly the openings of the module docstring; everything else stays denied."""
-        admin_sources = list(s.admin_cidrs) + ([IAP_RANGE] if s.allow_iap_ssh else [])
-        rules = {
-            "ssh": (admin_sources, [SSH_PORT], [embedding_account, index_account], "SSH from the admin networks"),
-            "gateway": (list(s.client_cidrs), [GATEWAY_PORT], [embedding_account], "the gateway from clients"),
-            "qdrant": (list(s.client_cidrs), list(QDRANT_PORTS), [index_account], "Qdrant from clients"),
-            "health": (
-                list(HEALTH_CHECK_RANGES),
-                [GATEWAY_PORT],
-                [embedding_account],
-                "Google health checkers to the gateway's /ready (autohealing and the load balancer)",
-            ),
-        }
-        return {
-            rule: gcp.compute.Firewall(
-                f"{name}-allow-{rule}",
-                network=self.network,
-                direction="INGRESS",
-                priority=1000,
-                description=f"embedstack {s.stack}: {what}",
-                source_ranges=sources,
-                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(p) for p in ports])],
-                target_service_accounts=targets,
-                project=s.project,
-                opts=child,
-            )
-            for rule, (sources, ports, targets, what) in rules.items()
-        }
+
+def firewall_rules(
+    s: Settings, embedding_account: pulumi.Input[str], index_account: pulumi.Input[str]
+) -> dict[str, tuple[list[str], list[int], list[pulumi.Input[str]], str]]:
+    """Exactly the openings of the module docstring: rule → (sources, ports, target accounts, what it is for)."""
+    admin_sources = list(s.admin_cidrs) + ([IAP_RANGE] if s.allow_iap_ssh else [])
+    return {
+        "ssh": (admin_sources, [SSH_PORT], [embedding_account, index_account], "SSH from the admin networks"),
+        "gateway": (list(s.client_cidrs), [GATEWAY_PORT], [embedding_account], "the gateway from clients"),
+        "qdrant": (list(s.client_cidrs), list(QDRANT_PORTS), [index_account], "Qdrant from clients"),
+        "health": (
+            list(HEALTH_CHECK_RANGES),
+            [GATEWAY_PORT],
+            [embedding_account],
+            "Google health checkers to the gateway's /ready (autohealing and the load balancer)",
+        ),
+    }
