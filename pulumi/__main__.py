@@ -208,11 +208,10 @@ def stack_outputs(
     ca: CertificateAuthority | None,
 ) -> dict[str, object]:
     """What a user needs: endpoints, keys, Roo Code's settings, and the commands to reach the VMs."""
-    project = f" --project {settings.project}"
     index_ssh = pulumi.Output.concat(
         "gcloud compute ssh ",
         index.instance.name,
-        f" --zone {settings.zone}{project}{ssh_route(settings, settings.qdrant_public_ip)}",
+        f" --zone {settings.zone} --project {settings.project}{ssh_route(settings, settings.qdrant_public_ip)}",
     )
     qdrant_url = (
         index.public_endpoint
@@ -225,31 +224,14 @@ def stack_outputs(
         "qdrant_endpoint": index.endpoint,
         "qdrant_url_for_clients": qdrant_url,
         "model": {"id": settings.model.id, "dimension": settings.model.dimension},
-        "roo_code_settings": {
-            "embedder_provider": "OpenAI Compatible",
-            "base_url": embedding.endpoint,
-            "api_key": "pulumi stack output gateway_api_key --show-secrets",
-            "model": settings.model.id,
-            "model_dimension": settings.model.dimension,
-            "qdrant_url": qdrant_url,
-            "qdrant_api_key": "pulumi stack output qdrant_api_key --show-secrets",
-        },
+        "roo_code_settings": roo_code_settings(settings, embedding, qdrant_url),
         "gateway_api_key": keys.gateway,
         "qdrant_api_key": keys.qdrant,
         "bundle_url": store.url,
         "qdrant_snapshots_bucket": pulumi.Output.concat("gs://", snapshots.bucket.name),
         "instance_group": embedding.group.name,
         "index_instance": index.instance.name,
-        "ssh_commands": {
-            "index": index_ssh,
-            "list_embedding_vms": pulumi.Output.concat(
-                "gcloud compute instance-groups managed list-instances ",
-                embedding.group.name,
-                f" --region {settings.region}{project}",
-            ),
-            "embedding": "gcloud compute ssh <instance from list_embedding_vms> --zone <its zone>"
-            f"{project}{ssh_route(settings, settings.public_ip)}",
-        },
+        "ssh_commands": ssh_commands(settings, embedding, index_ssh),
         # The index VM reads a new bundle at boot; this applies it now.
         "index_reconfigure_command": pulumi.Output.concat(
             index_ssh, " --command 'sudo google_metadata_script_runner startup'"
@@ -263,6 +245,37 @@ def stack_outputs(
         ports = " ".join(f"-L {p}:localhost:{p}" for p in QDRANT_PORTS)
         outputs["qdrant_tunnel_command"] = pulumi.Output.concat(index_ssh, f" -- -N {ports}")
     return outputs
+
+
+def roo_code_settings(
+    settings: config.Settings, embedding: EmbeddingTier, qdrant_url: pulumi.Output[str]
+) -> dict[str, object]:
+    """What Roo Code's codebase indexing asks for; the keys are read with --show-secrets."""
+    return {
+        "embedder_provider": "OpenAI Compatible",
+        "base_url": embedding.endpoint,
+        "api_key": "pulumi stack output gateway_api_key --show-secrets",
+        "model": settings.model.id,
+        "model_dimension": settings.model.dimension,
+        "qdrant_url": qdrant_url,
+        "qdrant_api_key": "pulumi stack output qdrant_api_key --show-secrets",
+    }
+
+
+def ssh_commands(
+    settings: config.Settings, embedding: EmbeddingTier, index_ssh: pulumi.Output[str]
+) -> dict[str, pulumi.Input[str]]:
+    project = f" --project {settings.project}"
+    return {
+        "index": index_ssh,
+        "list_embedding_vms": pulumi.Output.concat(
+            "gcloud compute instance-groups managed list-instances ",
+            embedding.group.name,
+            f" --region {settings.region}{project}",
+        ),
+        "embedding": "gcloud compute ssh <instance from list_embedding_vms> --zone <its zone>"
+        f"{project}{ssh_route(settings, settings.public_ip)}",
+    }
 
 
 outputs = main()
