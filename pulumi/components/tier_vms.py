@@ -1,7 +1,7 @@
 """What the embedding and index tiers' VMs share: how they are wired into the stack, the arguments
 their VMs set alike, their reserved external address and the HTTP-or-HTTPS health check.
 
-Plain helpers, not a component: each resource stays a direct child of its tier, so its URN is the tier's.
+Plain helpers, not a component: what they create stays a direct child of its tier, so no URN changes.
 """
 
 from __future__ import annotations
