@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,13 @@ _HOUR_RE = re.compile(r"^([01][0-9]|2[0-3]):00$")
 _PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 _LABEL_BAD_RE = re.compile(r"[^a-z0-9_-]")
 _DLVM_DRIVER_RE = re.compile(r"-nvidia-([0-9]+)$")
+# <family>-<type>-<vcpus>, of a family Qdrant may run on.
+_QDRANT_MACHINE_RE = re.compile(rf"^({'|'.join(QDRANT_MACHINE_FAMILIES)})-[a-z]+-[0-9]+$")
+# A snapshot's name, or its full path in a project.
+_SNAPSHOT_RE = re.compile(
+    r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+)
+_DEB_URL_RE = re.compile(r"^https://[^\s]+\.deb$")
 # A host name (RFC 1123 labels, lowercase, at most 253 characters); no wildcards, no trailing dot.
 _DNS_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The longest stack stem kept as it is; "es-<stem>" then leaves room for every suffix the
@@ -266,8 +273,7 @@ def _cidrs(raw: Mapping[str, Any], name: str, allow_any: bool) -> tuple[str, ...
                 f"allowed: networks narrower than /0 such as 203.0.113.7/32, or {hint}"
             )
         networks.append(str(net))
-    if len(set(networks)) != len(networks):
-        raise ConfigError(f"{_key(name)} {networks!r} lists a network twice; allowed: distinct networks")
+    _distinct(name, networks, "network")
     return tuple(networks)
 
 
@@ -280,22 +286,63 @@ def _regions(gpu: Gpu) -> list[str]:
     return sorted({z.rsplit("-", 1)[0] for z in gpu.zones})
 
 
+def _matching(
+    pattern: re.Pattern[str], name: str, value: str, allowed: str, problem: str = "is not allowed", entry: bool = False
+) -> str:
+    """`value` when `pattern` matches it; otherwise a ConfigError naming the key, the value and what is allowed."""
+    if not pattern.match(value):
+        raise ConfigError(f"{_key(name)}{' entry' if entry else ''} {value!r} {problem}; allowed: {allowed}")
+    return value
+
+
+def _distinct(name: str, values: Sequence[str], noun: str) -> None:
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{_key(name)} {list(values)!r} lists a {noun} twice; allowed: distinct {noun}s")
+
+
 def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
     """Validate raw config (key without namespace → text, or already-typed values) into Settings.
 
     `project` is the provider's gcp:project, which every project-scoped resource names.
     """
+    _check_project(project)
+    _check_known_keys(raw)
+    placement = _placement(raw)
+    # Sections run in this order, so a config with several mistakes always reports the same one first.
+    fields = {
+        **placement,
+        "model": _model(raw, placement["gpu"]),
+        **_access(raw),
+        **_network(raw, placement["region"]),
+        **_images_and_qdrant_vm(raw),
+        **_qdrant_release(raw),
+        "snapshot_start_time": _matching(
+            _HOUR_RE, "snapshot_start_time", _text(raw, "snapshot_start_time"), "a whole hour in UTC, 00:00 to 23:00"
+        ),
+        **_tls(raw),
+        **_sizes_and_switches(raw),
+    }
+    return Settings(stack=stack, project=project, **fields)
+
+
+def _check_project(project: str) -> None:
     if not _PROJECT_RE.match(project or ""):
         raise ConfigError(
             f"gcp:project {project!r} is not a project id; allowed: 6-30 lowercase letters, digits and -, "
             "set with `pulumi config set gcp:project <project id>`"
         )
+
+
+def _check_known_keys(raw: Mapping[str, Any]) -> None:
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(
             f"{_key(unknown[0])} is not a known key; allowed: {_allowed(_key(k) for k in sorted(KNOWN_KEYS))}"
         )
 
+
+def _placement(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """gpu, machine_type, zone, region and gpu_zones: each checked against the ones before it."""
     gpu = GPUS[_choice(raw, "gpu", GPUS)]
     machine_type = _text(raw, "machine_type") or gpu.default_machine_type
     if machine_type not in gpu.machine_types:
@@ -330,9 +377,11 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
                 f"{_key('gpu_zones')} entry {gz!r} is not a zone of {region} offering gpu {gpu.key!r}; "
                 f"allowed: {_zones_text(gpu, region)}"
             )
-    if len(set(gpu_zones)) != len(gpu_zones):
-        raise ConfigError(f"{_key('gpu_zones')} {list(gpu_zones)!r} lists a zone twice; allowed: distinct zones")
+    _distinct("gpu_zones", gpu_zones, "zone")
+    return {"gpu": gpu, "machine_type": machine_type, "zone": zone, "region": region, "gpu_zones": gpu_zones}
 
+
+def _model(raw: Mapping[str, Any], gpu: Gpu) -> Model:
     model = MODELS.get(_text(raw, "model"))
     if model is None:
         raise ConfigError(f"{_key('model')} {_text(raw, 'model')!r} is not a served model; allowed: {_allowed(MODELS)}")
@@ -342,7 +391,11 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"{_key('model')} {model.id!r} needs {model.min_gpu_memory_gb} GB of GPU memory, {gpu.key} has "
             f"{gpu.memory_gb}; allowed for {gpu.key}: {_allowed(m.id for m in fits)}"
         )
+    return model
 
+
+def _access(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Who may reach the service ports and who may log in."""
     allow_public_clients = _bool(raw, "allow_public_clients")
     allow_iap_ssh = _bool(raw, "allow_iap_ssh")
     admin_cidrs = _cidrs(raw, "admin_cidrs", allow_any=False)
@@ -357,20 +410,34 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"{_key('admin_cidrs')} is empty and {_key('allow_iap_ssh')} is false, so nobody could log in; "
             "allowed: one or more IPv4 networks such as 203.0.113.7/32, or allow_iap_ssh true"
         )
+    return {
+        "admin_cidrs": admin_cidrs,
+        "client_cidrs": client_cidrs,
+        "allow_public_clients": allow_public_clients,
+        "allow_iap_ssh": allow_iap_ssh,
+    }
 
+
+def _network(raw: Mapping[str, Any], region: str) -> dict[str, Any]:
     network = _text(raw, "network")
     if network == "create":
         network = ""
     subnetwork = _text(raw, "subnetwork")
-    if network and not _NAME_RE.match(network):
-        raise ConfigError(
-            f"{_key('network')} {network!r} is not a network name; allowed: empty (create one) or the name of "
-            "an existing VPC network (lowercase letters, digits and -)"
+    if network:
+        _matching(
+            _NAME_RE,
+            "network",
+            network,
+            "empty (create one) or the name of an existing VPC network (lowercase letters, digits and -)",
+            problem="is not a network name",
         )
-    if network and not _NAME_RE.match(subnetwork):
-        raise ConfigError(
-            f"{_key('subnetwork')} {subnetwork!r} is not a subnetwork name; allowed: the name of a subnetwork of "
-            f"network {network!r} in {region} (required when {_key('network')} names an existing network)"
+        _matching(
+            _NAME_RE,
+            "subnetwork",
+            subnetwork,
+            f"the name of a subnetwork of network {network!r} in {region} "
+            f"(required when {_key('network')} names an existing network)",
+            problem="is not a subnetwork name",
         )
     subnet_cidr = _text(raw, "subnet_cidr")
     try:
@@ -382,28 +449,26 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"{_key('subnet_cidr')} {subnet_cidr!r} is not allowed; allowed: a private IPv4 network from /8 to /29, "
             "such as 10.42.0.0/24"
         ) from None
+    return {"network": network, "subnetwork": subnetwork, "subnet_cidr": str(subnet)}
 
-    qdrant_machine_type = _text(raw, "qdrant_machine_type")
+
+def _images_and_qdrant_vm(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Both tiers' boot images and the Qdrant VM and disk, one section: their checks interleave (the NVIDIA driver
+    of image_family is checked after Qdrant's image and disk), and that order decides which mistake is reported."""
+    qdrant_machine_type = _matching(
+        _QDRANT_MACHINE_RE,
+        "qdrant_machine_type",
+        _text(raw, "qdrant_machine_type"),
+        f"a general-purpose <family>-<type>-<vcpus> machine type of family {_allowed(QDRANT_MACHINE_FAMILIES)}",
+    )
     family = qdrant_machine_type.split("-", 1)[0]
-    if family not in QDRANT_MACHINE_FAMILIES or not re.match(r"^[a-z0-9]+-[a-z]+-[0-9]+$", qdrant_machine_type):
-        raise ConfigError(
-            f"{_key('qdrant_machine_type')} {qdrant_machine_type!r} is not allowed; allowed: a general-purpose "
-            f"<family>-<type>-<vcpus> machine type of family {_allowed(QDRANT_MACHINE_FAMILIES)}"
-        )
     image_family = _text(raw, "image_family")
     image_project = _text(raw, "image_project")
     for name, value in (("image_family", image_family), ("image_project", image_project)):
-        if not _NAME_RE.match(value):
-            raise ConfigError(
-                f"{_key(name)} {value!r} is not allowed; allowed: an image {name.split('_')[1]} name "
-                "(lowercase letters, digits and -)"
-            )
-    qdrant_image = _text(raw, "qdrant_image")
-    if not _IMAGE_RE.match(qdrant_image):
-        raise ConfigError(
-            f"{_key('qdrant_image')} {qdrant_image!r} is not allowed; allowed: <project>/<image family> "
-            "such as debian-cloud/debian-12"
-        )
+        _matching(_NAME_RE, name, value, f"an image {name.split('_')[1]} name (lowercase letters, digits and -)")
+    qdrant_image = _matching(
+        _IMAGE_RE, "qdrant_image", _text(raw, "qdrant_image"), "<project>/<image family> such as debian-cloud/debian-12"
+    )
     qdrant_disk_type = _choice(raw, "qdrant_disk_type", DISK_TYPES)
     fitting = DISK_TYPES_BY_FAMILY[family]
     if qdrant_disk_type not in fitting:
@@ -413,13 +478,12 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"allowed with {qdrant_machine_type}: {_allowed(fitting)}"
         )
     qdrant_disk_snapshot = _text(raw, "qdrant_disk_snapshot")
-    if qdrant_disk_snapshot and not re.match(
-        r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
-        qdrant_disk_snapshot,
-    ):
-        raise ConfigError(
-            f"{_key('qdrant_disk_snapshot')} {qdrant_disk_snapshot!r} is not allowed; allowed: empty, a snapshot "
-            "name, or projects/<project>/global/snapshots/<name>"
+    if qdrant_disk_snapshot:
+        _matching(
+            _SNAPSHOT_RE,
+            "qdrant_disk_snapshot",
+            qdrant_disk_snapshot,
+            "empty, a snapshot name, or projects/<project>/global/snapshots/<name>",
         )
     driver = _DLVM_DRIVER_RE.search(image_family)
     if image_project == DLVM_IMAGE_PROJECT and driver and int(driver.group(1)) < MIN_NVIDIA_DRIVER:
@@ -428,30 +492,43 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
             f"{MIN_NVIDIA_DRIVER} that the pinned vLLM (CUDA 13) needs; allowed: a family with driver "
             f"{MIN_NVIDIA_DRIVER} or newer, such as {DLVM_IMAGE_FAMILY}"
         )
+    return {
+        "image_project": image_project,
+        "image_family": image_family,
+        "qdrant_machine_type": qdrant_machine_type,
+        "qdrant_disk_type": qdrant_disk_type,
+        "qdrant_disk_snapshot": qdrant_disk_snapshot,
+        "qdrant_image": qdrant_image,
+    }
+
+
+def _qdrant_release(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The qdrant role's pinned release, or another .deb with its checksum."""
     qdrant_deb_url = _text(raw, "qdrant_deb_url")
-    if qdrant_deb_url and not re.match(r"^https://[^\s]+\.deb$", qdrant_deb_url):
-        raise ConfigError(
-            f"{_key('qdrant_deb_url')} {qdrant_deb_url!r} is not allowed; allowed: empty (the pinned Qdrant release "
-            "of the qdrant role) or an https URL of a Qdrant release .deb (amd64)"
+    if qdrant_deb_url:
+        _matching(
+            _DEB_URL_RE,
+            "qdrant_deb_url",
+            qdrant_deb_url,
+            "empty (the pinned Qdrant release of the qdrant role) or an https URL of a Qdrant release .deb (amd64)",
         )
     qdrant_deb_sha256 = _text(raw, "qdrant_deb_sha256").lower()
-    if qdrant_deb_url and not _SHA256_RE.match(qdrant_deb_sha256):
-        raise ConfigError(
-            f"{_key('qdrant_deb_sha256')} {qdrant_deb_sha256!r} is not allowed; allowed: 64 hex digits "
-            f"(sha256sum of the .deb at {_key('qdrant_deb_url')})"
+    if qdrant_deb_url:
+        _matching(
+            _SHA256_RE,
+            "qdrant_deb_sha256",
+            qdrant_deb_sha256,
+            f"64 hex digits (sha256sum of the .deb at {_key('qdrant_deb_url')})",
         )
     if qdrant_deb_sha256 and not qdrant_deb_url:
         raise ConfigError(
             f"{_key('qdrant_deb_sha256')} is set without {_key('qdrant_deb_url')}; allowed: both (another Qdrant "
             "release) or neither (the qdrant role's pinned release)"
         )
-    snapshot_start_time = _text(raw, "snapshot_start_time")
-    if not _HOUR_RE.match(snapshot_start_time):
-        raise ConfigError(
-            f"{_key('snapshot_start_time')} {snapshot_start_time!r} is not allowed; allowed: a whole hour in UTC, "
-            "00:00 to 23:00"
-        )
+    return {"qdrant_deb_url": qdrant_deb_url, "qdrant_deb_sha256": qdrant_deb_sha256}
 
+
+def _tls(raw: Mapping[str, Any]) -> dict[str, Any]:
     tls = _bool(raw, "tls")
     allow_plaintext = _bool(raw, "allow_plaintext")
     if not tls and not allow_plaintext:
@@ -462,53 +539,30 @@ def parse(raw: Mapping[str, Any], stack: str, project: str) -> Settings:
         )
     tls_dns_names = tuple(n.lower() for n in _list(raw, "tls_dns_names"))
     for name in tls_dns_names:
-        if not _DNS_RE.match(name):
-            raise ConfigError(
-                f"{_key('tls_dns_names')} entry {name!r} is not a DNS name; allowed: host names such as "
-                "embed.example.com (lowercase letters, digits, - and ., no wildcard)"
-            )
-    if len(set(tls_dns_names)) != len(tls_dns_names):
-        raise ConfigError(
-            f"{_key('tls_dns_names')} {list(tls_dns_names)!r} lists a name twice; allowed: distinct names"
+        _matching(
+            _DNS_RE,
+            "tls_dns_names",
+            name,
+            "host names such as embed.example.com (lowercase letters, digits, - and ., no wildcard)",
+            problem="is not a DNS name",
+            entry=True,
         )
+    _distinct("tls_dns_names", tls_dns_names, "name")
+    return {"tls": tls, "tls_dns_names": tls_dns_names, "allow_plaintext": allow_plaintext}
 
-    return Settings(
-        stack=stack,
-        project=project,
-        gpu=gpu,
-        machine_type=machine_type,
-        region=region,
-        zone=zone,
-        gpu_zones=gpu_zones,
-        target_size=_int(raw, "target_size", 1, MAX_TARGET_SIZE),
-        model=model,
-        image_project=image_project,
-        image_family=image_family,
-        boot_disk_gb=_int(raw, "boot_disk_gb", 100, 4096),
-        admin_cidrs=admin_cidrs,
-        client_cidrs=client_cidrs,
-        allow_public_clients=allow_public_clients,
-        allow_iap_ssh=allow_iap_ssh,
-        network=network,
-        subnetwork=subnetwork,
-        subnet_cidr=str(subnet),
-        create_nat=_bool(raw, "create_nat"),
-        public_ip=_bool(raw, "public_ip"),
-        qdrant_public_ip=_bool(raw, "qdrant_public_ip"),
-        qdrant_machine_type=qdrant_machine_type,
-        qdrant_disk_gb=_int(raw, "qdrant_disk_gb", 10, 65536),
-        qdrant_disk_type=qdrant_disk_type,
-        qdrant_disk_snapshot=qdrant_disk_snapshot,
-        qdrant_image=qdrant_image,
-        qdrant_deb_url=qdrant_deb_url,
-        qdrant_deb_sha256=qdrant_deb_sha256,
-        snapshot_start_time=snapshot_start_time,
-        snapshot_retention_days=_int(raw, "snapshot_retention_days", 1, 365),
-        autoheal_initial_delay_sec=_int(raw, "autoheal_initial_delay_sec", 0, 3600),
-        tls=tls,
-        tls_dns_names=tls_dns_names,
-        allow_plaintext=allow_plaintext,
-    )
+
+def _sizes_and_switches(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that depend on no other, checked last as they always were."""
+    return {
+        "target_size": _int(raw, "target_size", 1, MAX_TARGET_SIZE),
+        "boot_disk_gb": _int(raw, "boot_disk_gb", 100, 4096),
+        "create_nat": _bool(raw, "create_nat"),
+        "public_ip": _bool(raw, "public_ip"),
+        "qdrant_public_ip": _bool(raw, "qdrant_public_ip"),
+        "qdrant_disk_gb": _int(raw, "qdrant_disk_gb", 10, 65536),
+        "snapshot_retention_days": _int(raw, "snapshot_retention_days", 1, 365),
+        "autoheal_initial_delay_sec": _int(raw, "autoheal_initial_delay_sec", 0, 3600),
+    }
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,22 @@ checkers do not verify certificates, so none is needed for them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pulumi
 import pulumi_gcp as gcp
 
 from catalog import GATEWAY_PORT
-from components.metadata import secrets_yaml
 from components.options import child_options
-from components.tls import CertificateAuthority
+from components.tier_vms import TEMPLATE_ARGS, HealthProbe, TierVm, external_address, health_check
 from config import Settings
+
+# Autohealing: patient (a first boot installs the driver, vLLM and the model, and may reboot once), then
+# firm. It probes /health, the gateway's liveness: /ready is the load balancer's (see the module docstring).
+AUTOHEAL = HealthProbe(
+    "/health", "embedstack gateway /health, for autohealing", interval=10, timeout=5, healthy=2, unhealthy=6
+)
+LOAD_BALANCER = HealthProbe(
+    "/ready", "embedstack gateway /ready, for the load balancer", interval=5, timeout=4, healthy=2, unhealthy=2
+)
 
 
 class EmbeddingTier(pulumi.ComponentResource):
@@ -39,66 +45,41 @@ class EmbeddingTier(pulumi.ComponentResource):
     forwarding_rule: gcp.compute.ForwardingRule
     endpoint: pulumi.Output[str]
 
-    def __init__(
-        self,
-        name: str,
-        settings: Settings,
-        subnetwork: pulumi.Input[str],
-        service_account: pulumi.Input[str],
-        metadata: Mapping[str, pulumi.Input[str]],
-        secrets: Mapping[str, pulumi.Input[object]],
-        boot_image: pulumi.Input[str],
-        ca: CertificateAuthority | None,
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        """`secrets`: the tier's ansible variables for embedstack-secrets; `ca`: HTTPS with its certificate, or None."""
+    def __init__(self, name: str, settings: Settings, vm: TierVm, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("embedstack:gcp:EmbeddingTier", name, None, opts)
         child = child_options(self, opts)
-        s = settings
-
         # First, because the certificate names it.
-        self.address = gcp.compute.Address(
-            f"{name}-address",
-            description=f"embedstack {s.stack}: the gateway's stable address",
-            region=s.region,
-            address_type="EXTERNAL",
-            network_tier="PREMIUM",
-            labels=s.labels,
-            project=s.project,
-            opts=child,
+        self.address = external_address(
+            f"{name}-address", f"embedstack {settings.stack}: the gateway's stable address", settings, child
         )
-        scheme = "http"
-        if ca is not None:
-            scheme = "https"
-            server = ca.issue(f"{name}-gateway", "embedstack gateway", [self.address.address], parent=self)
+        tls_secrets = {}
+        if vm.ca is not None:
+            server = vm.ca.issue(f"{name}-gateway", "embedstack gateway", [self.address.address], parent=self)
             # The embedding_service role writes the PEM content to its config directory.
-            secrets = {
-                **secrets,
-                "embedding_service_tls_cert": server.cert_pem,
-                "embedding_service_tls_key": server.key_pem,
-            }
+            tls_secrets = {"embedding_service_tls_cert": server.cert_pem, "embedding_service_tls_key": server.key_pem}
+        self.template = self._template(name, settings, vm, tls_secrets, child)
+        self.group = self._group(name, settings, vm, child)
+        self.forwarding_rule = self._load_balancer(name, settings, vm, child)
+        self.endpoint = pulumi.Output.concat(f"{vm.scheme}://", self.address.address, f":{GATEWAY_PORT}/v1")
+        self.register_outputs(
+            {"endpoint": self.endpoint, "address": self.address.address, "group": self.group.self_link}
+        )
 
-        self.template = gcp.compute.InstanceTemplate(
+    def _template(
+        self, name: str, s: Settings, vm: TierVm, tls_secrets: dict, child: pulumi.ResourceOptions
+    ) -> gcp.compute.InstanceTemplate:
+        return gcp.compute.InstanceTemplate(
             f"{name}-template",
             description=f"embedstack {s.stack}: spot {s.gpu.key} VM running vLLM and the gateway",
             # A2 and G2 machine types carry their GPUs: no guest_accelerators (see catalog.py).
             machine_type=s.machine_type,
             region=s.region,
-            scheduling=gcp.compute.InstanceTemplateSchedulingArgs(
-                provisioning_model="SPOT",
-                preemptible=True,
-                automatic_restart=False,
-                # GPUs cannot live-migrate; spot VMs must terminate on host maintenance anyway.
-                on_host_maintenance="TERMINATE",
-                # The group recreates a deleted VM; a stopped one would just sit there.
-                instance_termination_action="DELETE",
-            ),
             disks=[
                 gcp.compute.InstanceTemplateDiskArgs(
                     boot=True,
                     auto_delete=True,
                     # The family, checked to exist during preview (images.check_family).
-                    source_image=boot_image,
+                    source_image=vm.boot_image,
                     disk_size_gb=s.boot_disk_gb,
                     disk_type="pd-balanced",
                     labels=s.labels,
@@ -106,45 +87,30 @@ class EmbeddingTier(pulumi.ComponentResource):
             ],
             network_interfaces=[
                 gcp.compute.InstanceTemplateNetworkInterfaceArgs(
-                    subnetwork=subnetwork,
+                    subnetwork=vm.subnetwork,
                     access_configs=[gcp.compute.InstanceTemplateNetworkInterfaceAccessConfigArgs()]
                     if s.public_ip
                     else [],
                 )
             ],
-            service_account=gcp.compute.InstanceTemplateServiceAccountArgs(
-                email=service_account, scopes=["cloud-platform"]
+            **vm.vm_args(
+                s,
+                "embedding",
+                tls_secrets,
+                TEMPLATE_ARGS,
+                spot=True,
+                # Secure Boot would refuse the unsigned NVIDIA module the image installs at first boot.
+                secure_boot=False,
             ),
-            # Secure Boot would refuse the unsigned NVIDIA module the image installs at first boot.
-            shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
-                enable_secure_boot=False, enable_vtpm=True, enable_integrity_monitoring=True
-            ),
-            metadata={**metadata, "embedstack-secrets": secrets_yaml(secrets)},
-            labels={**s.labels, "tier": "embedding"},
-            project=s.project,
             opts=child,
         )
 
-        # Autohealing: patient (a first boot installs the driver, vLLM and the model, and may reboot once), then
-        # firm. It probes /health, the gateway's liveness: /ready is the load balancer's (see the module docstring).
-        autoheal_check = gcp.compute.HealthCheck(
-            f"{name}-autoheal",
-            description="embedstack gateway /health, for autohealing",
-            check_interval_sec=10,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=6,
-            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/health")
-            if ca is None
-            else None,
-            https_health_check=gcp.compute.HealthCheckHttpsHealthCheckArgs(port=GATEWAY_PORT, request_path="/health")
-            if ca is not None
-            else None,
-            project=s.project,
-            opts=child,
-        )
+    def _group(
+        self, name: str, s: Settings, vm: TierVm, child: pulumi.ResourceOptions
+    ) -> gcp.compute.RegionInstanceGroupManager:
+        autoheal_check = health_check(f"{name}-autoheal", AUTOHEAL, GATEWAY_PORT, vm.ca is not None, s, child)
         zones = list(s.gpu_zones)
-        self.group = gcp.compute.RegionInstanceGroupManager(
+        return gcp.compute.RegionInstanceGroupManager(
             f"{name}-group",
             base_instance_name=f"{name}-gpu",
             region=s.region,
@@ -157,7 +123,7 @@ class EmbeddingTier(pulumi.ComponentResource):
                 )
             ],
             target_size=s.target_size,
-            named_ports=[gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=scheme, port=GATEWAY_PORT)],
+            named_ports=[gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=vm.scheme, port=GATEWAY_PORT)],
             auto_healing_policies=gcp.compute.RegionInstanceGroupManagerAutoHealingPoliciesArgs(
                 health_check=autoheal_check.id, initial_delay_sec=s.autoheal_initial_delay_sec
             ),
@@ -181,26 +147,11 @@ class EmbeddingTier(pulumi.ComponentResource):
             opts=child,
         )
 
-        # The regional external passthrough Network Load Balancer.
-        lb_check = gcp.compute.RegionHealthCheck(
-            f"{name}-lb",
-            description="embedstack gateway /ready, for the load balancer",
-            region=s.region,
-            check_interval_sec=5,
-            timeout_sec=4,
-            healthy_threshold=2,
-            unhealthy_threshold=2,
-            http_health_check=gcp.compute.RegionHealthCheckHttpHealthCheckArgs(port=GATEWAY_PORT, request_path="/ready")
-            if ca is None
-            else None,
-            https_health_check=gcp.compute.RegionHealthCheckHttpsHealthCheckArgs(
-                port=GATEWAY_PORT, request_path="/ready"
-            )
-            if ca is not None
-            else None,
-            project=s.project,
-            opts=child,
-        )
+    def _load_balancer(
+        self, name: str, s: Settings, vm: TierVm, child: pulumi.ResourceOptions
+    ) -> gcp.compute.ForwardingRule:
+        """The regional external passthrough Network Load Balancer on the reserved address."""
+        lb_check = health_check(f"{name}-lb", LOAD_BALANCER, GATEWAY_PORT, vm.ca is not None, s, child, regional=True)
         backend = gcp.compute.RegionBackendService(
             f"{name}-backend",
             region=s.region,
@@ -218,7 +169,7 @@ class EmbeddingTier(pulumi.ComponentResource):
             project=s.project,
             opts=child,
         )
-        self.forwarding_rule = gcp.compute.ForwardingRule(
+        return gcp.compute.ForwardingRule(
             f"{name}-forwarding",
             description=f"embedstack {s.stack}: gateway :{GATEWAY_PORT}",
             region=s.region,
@@ -231,8 +182,4 @@ class EmbeddingTier(pulumi.ComponentResource):
             labels=s.labels,
             project=s.project,
             opts=child,
-        )
-        self.endpoint = pulumi.Output.concat(f"{scheme}://", self.address.address, f":{GATEWAY_PORT}/v1")
-        self.register_outputs(
-            {"endpoint": self.endpoint, "address": self.address.address, "group": self.group.self_link}
         )

@@ -19,16 +19,13 @@ tunnel, whose SSH transport already encrypts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pulumi
 import pulumi_gcp as gcp
 
 from bundle_build import QDRANT_DATA_DEVICE
 from catalog import QDRANT_PORTS, boot_disk_type
-from components.metadata import secrets_yaml
 from components.options import child_options
-from components.tls import CertificateAuthority
+from components.tier_vms import INSTANCE_ARGS, TierVm, external_address
 from config import Settings
 
 
@@ -41,61 +38,51 @@ class IndexTier(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]  # http(s)://<reserved internal address>:6333
     public_endpoint: pulumi.Output[str] | None
 
-    def __init__(
-        self,
-        name: str,
-        settings: Settings,
-        subnetwork: pulumi.Input[str],
-        service_account: pulumi.Input[str],
-        metadata: Mapping[str, pulumi.Input[str]],
-        secrets: Mapping[str, pulumi.Input[object]],
-        boot_image: pulumi.Input[str],
-        ca: CertificateAuthority | None,
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        """`secrets`: the tier's ansible variables for embedstack-secrets; `ca`: HTTPS with its certificate, or None."""
+    def __init__(self, name: str, settings: Settings, vm: TierVm, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("embedstack:gcp:IndexTier", name, None, opts)
         child = child_options(self, opts)
         s = settings
-
         self.internal_address = gcp.compute.Address(
             f"{name}-internal",
             description=f"embedstack {s.stack}: Qdrant's stable internal address",
             region=s.region,
             address_type="INTERNAL",
-            subnetwork=subnetwork,
+            subnetwork=vm.subnetwork,
             labels=s.labels,
             project=s.project,
             opts=child,
         )
-        self.external_address = None
-        if s.qdrant_public_ip:
-            self.external_address = gcp.compute.Address(
-                f"{name}-external",
-                description=f"embedstack {s.stack}: Qdrant's stable external address",
-                region=s.region,
-                address_type="EXTERNAL",
-                network_tier="PREMIUM",
-                labels=s.labels,
-                project=s.project,
-                opts=child,
-            )
-
-        scheme = "http"
-        if ca is not None:
-            scheme = "https"
+        self.external_address = (
+            external_address(f"{name}-external", f"embedstack {s.stack}: Qdrant's stable external address", s, child)
+            if s.qdrant_public_ip
+            else None
+        )
+        tls_secrets = {}
+        if vm.ca is not None:
             addresses = [a.address for a in (self.external_address, self.internal_address) if a is not None]
-            server = ca.issue(f"{name}-qdrant", "embedstack qdrant", [*addresses, "127.0.0.1"], parent=self)
+            server = vm.ca.issue(f"{name}-qdrant", "embedstack qdrant", [*addresses, "127.0.0.1"], parent=self)
             # The qdrant role writes the PEM content to root:qdrant 0640 files; the snapshot upload
             # (role qdrant_snapshots) then reaches https://127.0.0.1 and pins that certificate.
-            secrets = {
-                **secrets,
+            tls_secrets = {
                 "qdrant_enable_tls": True,
                 "qdrant_tls_cert_pem": server.cert_pem,
                 "qdrant_tls_key_pem": server.key_pem,
             }
+        self.data_disk, self.snapshot_policy = self._snapshotted_disk(name, s, child)
+        self.instance = self._vm(name, s, vm, tls_secrets, child)
+        self.endpoint = pulumi.Output.concat(f"{vm.scheme}://", self.internal_address.address, f":{QDRANT_PORTS[0]}")
+        self.public_endpoint = (
+            pulumi.Output.concat(f"{vm.scheme}://", self.external_address.address, f":{QDRANT_PORTS[0]}")
+            if self.external_address is not None
+            else None
+        )
+        self.register_outputs({"endpoint": self.endpoint, "instance": self.instance.name})
 
-        self.data_disk = gcp.compute.Disk(
+    def _snapshotted_disk(
+        self, name: str, s: Settings, child: pulumi.ResourceOptions
+    ) -> tuple[gcp.compute.Disk, gcp.compute.ResourcePolicy]:
+        """Qdrant's data disk and its daily snapshot schedule."""
+        disk = gcp.compute.Disk(
             f"{name}-data",
             description=f"embedstack {s.stack}: Qdrant storage and snapshots",
             zone=s.zone,
@@ -107,15 +94,14 @@ class IndexTier(pulumi.ComponentResource):
             project=s.project,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=True)),
         )
-        hour = s.snapshot_start_time
-        self.snapshot_policy = gcp.compute.ResourcePolicy(
+        policy = gcp.compute.ResourcePolicy(
             f"{name}-snapshots",
             description=f"embedstack {s.stack}: daily snapshots of the Qdrant disk",
             region=s.region,
             snapshot_schedule_policy=gcp.compute.ResourcePolicySnapshotSchedulePolicyArgs(
                 schedule=gcp.compute.ResourcePolicySnapshotSchedulePolicyScheduleArgs(
                     daily_schedule=gcp.compute.ResourcePolicySnapshotSchedulePolicyScheduleDailyScheduleArgs(
-                        days_in_cycle=1, start_time=hour
+                        days_in_cycle=1, start_time=s.snapshot_start_time
                     )
                 ),
                 retention_policy=gcp.compute.ResourcePolicySnapshotSchedulePolicyRetentionPolicyArgs(
@@ -132,33 +118,31 @@ class IndexTier(pulumi.ComponentResource):
         )
         gcp.compute.DiskResourcePolicyAttachment(
             f"{name}-snapshots-attachment",
-            disk=self.data_disk.name,
-            name=self.snapshot_policy.name,
+            disk=disk.name,
+            name=policy.name,
             zone=s.zone,
             project=s.project,
             opts=child,
         )
+        return disk, policy
 
+    def _vm(
+        self, name: str, s: Settings, vm: TierVm, tls_secrets: dict, child: pulumi.ResourceOptions
+    ) -> gcp.compute.Instance:
         access = (
             [gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.external_address.address)]
             if self.external_address is not None
             else []
         )
-        self.instance = gcp.compute.Instance(
+        return gcp.compute.Instance(
             f"{name}-vm",
             description=f"embedstack {s.stack}: Qdrant",
             machine_type=s.qdrant_machine_type,
             zone=s.zone,
-            scheduling=gcp.compute.InstanceSchedulingArgs(
-                provisioning_model="STANDARD",
-                preemptible=False,
-                automatic_restart=True,
-                on_host_maintenance="MIGRATE",
-            ),
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=boot_image, size=20, type=boot_disk_type(s.qdrant_machine_type), labels=s.labels
+                    image=vm.boot_image, size=20, type=boot_disk_type(s.qdrant_machine_type), labels=s.labels
                 ),
             ),
             attached_disks=[
@@ -168,25 +152,12 @@ class IndexTier(pulumi.ComponentResource):
             ],
             network_interfaces=[
                 gcp.compute.InstanceNetworkInterfaceArgs(
-                    subnetwork=subnetwork, network_ip=self.internal_address.address, access_configs=access
+                    subnetwork=vm.subnetwork, network_ip=self.internal_address.address, access_configs=access
                 )
             ],
-            service_account=gcp.compute.InstanceServiceAccountArgs(email=service_account, scopes=["cloud-platform"]),
-            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
-                enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
-            ),
-            metadata={**metadata, "embedstack-secrets": secrets_yaml(secrets)},
+            **vm.vm_args(s, "index", tls_secrets, INSTANCE_ARGS, spot=False, secure_boot=True),
             # A machine-type change stops and starts the VM instead of failing the update.
             allow_stopping_for_update=True,
-            labels={**s.labels, "tier": "index"},
-            project=s.project,
             # The old VM holds the disk and the address: it must go before the new one comes.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
-        self.endpoint = pulumi.Output.concat(f"{scheme}://", self.internal_address.address, f":{QDRANT_PORTS[0]}")
-        self.public_endpoint = (
-            pulumi.Output.concat(f"{scheme}://", self.external_address.address, f":{QDRANT_PORTS[0]}")
-            if self.external_address is not None
-            else None
-        )
-        self.register_outputs({"endpoint": self.endpoint, "instance": self.instance.name})

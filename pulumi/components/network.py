@@ -38,26 +38,7 @@ class Network(pulumi.ComponentResource):
         s = settings
 
         if s.create_network:
-            vpc = gcp.compute.Network(
-                name,
-                auto_create_subnetworks=False,
-                routing_mode="REGIONAL",
-                description=f"embedstack {s.stack}",
-                project=s.project,
-                opts=child,
-            )
-            subnet = gcp.compute.Subnetwork(
-                f"{name}-{s.region}",
-                network=vpc.id,
-                region=s.region,
-                ip_cidr_range=s.subnet_cidr,
-                # The VMs reach Cloud Storage (the bundle) without public addresses.
-                private_ip_google_access=True,
-                project=s.project,
-                opts=child,
-            )
-            self.network = vpc.self_link
-            self.subnetwork = subnet.self_link
+            self.network, self.subnetwork = self._create_vpc(name, s, child)
         else:
             self.network = pulumi.Output.from_input(f"projects/{s.project}/global/networks/{s.network}")
             self.subnetwork = pulumi.Output.from_input(
@@ -79,21 +60,8 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
 
-        admin_sources = list(s.admin_cidrs) + ([IAP_RANGE] if s.allow_iap_ssh else [])
-        rules = {
-            "ssh": (admin_sources, [SSH_PORT], [embedding_account, index_account], "SSH from the admin networks"),
-            "gateway": (list(s.client_cidrs), [GATEWAY_PORT], [embedding_account], "the gateway from clients"),
-            "qdrant": (list(s.client_cidrs), list(QDRANT_PORTS), [index_account], "Qdrant from clients"),
-            "health": (
-                list(HEALTH_CHECK_RANGES),
-                [GATEWAY_PORT],
-                [embedding_account],
-                "Google health checkers to the gateway's /ready (autohealing and the load balancer)",
-            ),
-        }
-        self.firewalls = {}
-        for rule, (sources, ports, targets, what) in rules.items():
-            self.firewalls[rule] = gcp.compute.Firewall(
+        self.firewalls = {
+            rule: gcp.compute.Firewall(
                 f"{name}-allow-{rule}",
                 network=self.network,
                 direction="INGRESS",
@@ -105,4 +73,48 @@ class Network(pulumi.ComponentResource):
                 project=s.project,
                 opts=child,
             )
+            for rule, (sources, ports, targets, what) in firewall_rules(s, embedding_account, index_account).items()
+        }
         self.register_outputs({"network": self.network, "subnetwork": self.subnetwork})
+
+    @staticmethod
+    def _create_vpc(
+        name: str, s: Settings, child: pulumi.ResourceOptions
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        vpc = gcp.compute.Network(
+            name,
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            description=f"embedstack {s.stack}",
+            project=s.project,
+            opts=child,
+        )
+        subnet = gcp.compute.Subnetwork(
+            f"{name}-{s.region}",
+            network=vpc.id,
+            region=s.region,
+            ip_cidr_range=s.subnet_cidr,
+            # The VMs reach Cloud Storage (the bundle) without public addresses.
+            private_ip_google_access=True,
+            project=s.project,
+            opts=child,
+        )
+        return vpc.self_link, subnet.self_link
+
+
+def firewall_rules(
+    s: Settings, embedding_account: pulumi.Input[str], index_account: pulumi.Input[str]
+) -> dict[str, tuple[list[str], list[int], list[pulumi.Input[str]], str]]:
+    """Exactly the openings of the module docstring: rule → (sources, ports, target accounts, what it is for)."""
+    admin_sources = list(s.admin_cidrs) + ([IAP_RANGE] if s.allow_iap_ssh else [])
+    return {
+        "ssh": (admin_sources, [SSH_PORT], [embedding_account, index_account], "SSH from the admin networks"),
+        "gateway": (list(s.client_cidrs), [GATEWAY_PORT], [embedding_account], "the gateway from clients"),
+        "qdrant": (list(s.client_cidrs), list(QDRANT_PORTS), [index_account], "Qdrant from clients"),
+        "health": (
+            list(HEALTH_CHECK_RANGES),
+            [GATEWAY_PORT],
+            [embedding_account],
+            "Google health checkers to the gateway's /ready (autohealing and the load balancer)",
+        ),
+    }

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stack_mocks import STACKS, USER_CONFIG, StackRun, run_program, stack_file_config
+from stack_mocks import STACKS, StackRun, run_program, stack_config
 
 
 @pytest.fixture
@@ -27,8 +27,7 @@ def run_stack(bundle_dir: Path):
     """run_stack(stack, overrides, secret_keys): the committed stack file + USER_CONFIG + overrides."""
 
     def run(stack: str, overrides: Mapping[str, Any] | None = None, secret_keys: tuple[str, ...] = ()) -> StackRun:
-        config = {**stack_file_config(stack), **USER_CONFIG, **(overrides or {})}
-        result = run_program(stack, config, secret_keys)
+        result = run_program(stack, stack_config(stack, overrides), secret_keys)
         result.bundle_dir = bundle_dir
         return result
 
@@ -46,6 +45,6 @@ def stack_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         directory = tmp_path_factory.mktemp(f"bundles-{stack}")
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("EMBEDSTACK_BUNDLE_DIR", str(directory))
-            _STACK_CACHE[stack] = run_program(stack, {**stack_file_config(stack), **USER_CONFIG})
+            _STACK_CACHE[stack] = run_program(stack, stack_config(stack))
         _STACK_CACHE[stack].bundle_dir = directory
     yield _STACK_CACHE[stack]

@@ -82,6 +82,24 @@ def stack_file_config(stack: str) -> dict[str, Any]:
     return dict(yaml.safe_load((PROGRAM / f"Pulumi.{stack}.yaml").read_text())["config"])
 
 
+# A stack config (namespaced keys → values) is what both the program under mocks and the config
+# checks start from: built here once for the suites.
+def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A committed stack as a user runs it: its stack file, USER_CONFIG, then `overrides`."""
+    return {**stack_file_config(stack), **USER_CONFIG, **(overrides or {})}
+
+
+def config_of(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """config.parse's keys (no namespace) as a stack config in the test project."""
+    return {"gcp:project": PROJECT_ID, **{f"embedstack:{k}": v for k, v in raw.items()}}
+
+
+def settings_of(stack_config: Mapping[str, Any], stack: str) -> config.Settings:
+    """What config.load() makes of `stack_config`: its embedstack keys through config.parse."""
+    raw = {k.split(":", 1)[1]: v for k, v in stack_config.items() if k.startswith("embedstack:")}
+    return config.parse(raw, stack, PROJECT_ID)
+
+
 # Image families that exist, per image project: what Compute Engine's images.getFromFamily finds.
 # deeplearning-platform-release: the families of Google's "Choose an image" page
 # (https://cloud.google.com/deep-learning-vm/docs/images, April 2026) that are still supported

@@ -17,7 +17,9 @@ from stack_mocks import (
     USER_CONFIG,
     catalog,
     config,
+    config_of,
     run_program,
+    settings_of,
     stack_file_config,
 )
 
@@ -34,7 +36,7 @@ EXAMPLES = settings(max_examples=150, deadline=None)
 
 
 def parse(**raw: Any) -> config.Settings:
-    return config.parse({**REQUIRED, **raw}, "test", PROJECT_ID)
+    return settings_of(as_stack_config(raw), "test")
 
 
 def region_of(zone: str) -> str:
@@ -235,7 +237,7 @@ def test_required_keys_are_named() -> None:
 
 
 def as_stack_config(raw: dict[str, Any]) -> dict[str, Any]:
-    return {"gcp:project": PROJECT_ID, **{f"embedstack:{k}": v for k, v in {**REQUIRED, **raw}.items()}}
+    return config_of({**REQUIRED, **raw})
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

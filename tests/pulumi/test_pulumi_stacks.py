@@ -15,6 +15,8 @@ from stack_mocks import (
     catalog,
     config,
     props,
+    settings_of,
+    stack_config,
     stack_file_config,
 )
 
@@ -290,15 +292,7 @@ def test_gpu_stack_values_reach_the_program(run_stack) -> None:
 
 
 def test_qdrant_snapshots_go_to_a_private_bucket_with_retention(stack_run: StackRun) -> None:
-    settings = config.parse(
-        {
-            k.split(":", 1)[1]: v
-            for k, v in {**stack_file_config(stack_run.stack), **USER_CONFIG}.items()
-            if k.startswith("embedstack:")
-        },
-        stack_run.stack,
-        PROJECT_ID,
-    )
+    settings = settings_of(stack_config(stack_run.stack), stack_run.stack)
     bucket = stack_run.one(BUCKET, "-qdrant-snapshots")
     assert bucket["name"] == f"{PROJECT_ID}-{stack_run.stack}-qdrant-snapshots"
     assert bucket["uniformBucketLevelAccess"] is True and bucket["publicAccessPrevention"] == "enforced"
