@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedstack.config import load_settings
-from embedstack.embedding_cache import ENTRY_OVERHEAD, CachedVector, EmbeddingCache, cache_key
-from embedstack.metrics import Metrics
+from embedstack.core.embedding_cache import ENTRY_OVERHEAD, CachedVector, EmbeddingCache, cache_key
+from embedstack.core.metrics import Metrics
 
 pytestmark = pytest.mark.fast
 
@@ -366,7 +366,7 @@ def test_a_stalled_disk_costs_a_request_a_bounded_wait_and_shutdown_does_not_wai
     """The disk stops answering (a hung network disk, a full queue in the kernel): reads block. A request's
     lookup turns into misses after the read deadline, lookups after it do not wait at all while the disk is
     stalled, /metrics counts the timeouts, and close() returns in bounded time, dropping what is unwritten."""
-    from embedstack import embedding_cache
+    from embedstack.core import embedding_cache
 
     stored = entries(20, 64)
     run_on(tmp_path, lambda cache: cache.put_many(stored))

@@ -21,8 +21,9 @@ from starlette.routing import Route
 from embedstack.api.openapi import openapi_document
 from embedstack.api.schemas import parse_embeddings_request
 from embedstack.api.tenants import matched_key, offered_keys, tenant_of
-from embedstack.batcher import Result
 from embedstack.config import Settings, operator_keys
+from embedstack.core.batcher import Result
+from embedstack.core.served_models import ServedModels
 from embedstack.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -31,7 +32,6 @@ from embedstack.errors import (
     RequestTimeout,
     Unavailable,
 )
-from embedstack.served_models import ServedModels
 
 
 def _served(request: Request) -> ServedModels:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from embedstack.inventory import Host, load_inventory, truthy
+from embedstack.ops.inventory import Host, load_inventory, truthy
 
 SSH_TIMEOUT = 10
 
@@ -124,7 +124,7 @@ def ssh_command(host: Host) -> list[str]:
 def check_host(host: Host, params: dict[str, Any] | None = None) -> list[Check]:
     """Runs remote_checks.py on the host with params (all of the host's checks by default)."""
     params = params_for(host) if params is None else params
-    script = f"PARAMS = {params!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    script = f"PARAMS = {params!r}\n" + resources.files("embedstack.ops").joinpath("remote_checks.py").read_text()
     try:
         proc = subprocess.run(
             ssh_command(host), input=script, capture_output=True, text=True, timeout=SSH_TIMEOUT + 90, check=False

@@ -54,12 +54,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedstack.metrics import Metrics
+from embedstack.core.metrics import Metrics
 
 if TYPE_CHECKING:
     from embedstack.config import Settings
 
-log = logging.getLogger(__name__)
+# The name before core/ existed: operators filter the journal on it.
+log = logging.getLogger("embedstack.embedding_cache")
 
 # Bytes an in-memory entry costs beyond its vector (see the module docstring).
 ENTRY_OVERHEAD = 400
