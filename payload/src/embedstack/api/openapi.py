@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from embedstack import __version__
-from embedstack.api.error_responses import ERROR_TABLE, RETRYABLE
+from embedstack.api.error_responses import ERROR_TABLE, OTHER_ERRORS, RETRYABLE
 from embedstack.api.schemas import ENCODING_FORMATS, INPUT_TYPES, MAX_TOKEN_ID
 from embedstack.config import ModelSpec, Settings
 
@@ -29,22 +29,12 @@ def _error_response(description: str, retry: bool = False) -> dict[str, Any]:
     return response
 
 
+# What each error status means, from the one error table.
+_MEANINGS = {kind.status: kind.description for kind in (*ERROR_TABLE.values(), *OTHER_ERRORS)}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    meaning = {
-        400: "Invalid request: the message names the field or input index",
-        401: "Missing or wrong API key",
-        404: "Model not served",
-        405: "Method not allowed",
-        408: "The request head or body did not arrive in time; the connection is closed",
-        413: "Body over the size cap",
-        429: "Queue full, or this key's share of the concurrent requests in use: retry after Retry-After seconds",
-        431: "Request line and headers over the cap, or too many headers; the connection is closed",
-        499: "The client closed the connection first (never read; counted in /metrics)",
-        500: "Unexpected failure, logged",
-        502: "Every upstream failed",
-        503: "Loading, draining, or no upstream available",
-    }
-    return {str(s): _error_response(meaning[s], s in RETRYABLE) for s in statuses}
+    return {str(s): _error_response(_MEANINGS[s], s in RETRYABLE) for s in statuses}
 
 
 def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, Any]:
@@ -134,7 +124,7 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
                 "required": ["message", "type", "param", "code"],
                 "properties": {
                     "message": {"type": "string"},
-                    "type": {"type": "string", "enum": sorted({t for _, t in ERROR_TABLE.values()})},
+                    "type": {"type": "string", "enum": sorted({kind.type for kind in ERROR_TABLE.values()})},
                     "param": {"type": ["string", "null"]},
                     "code": {"type": ["string", "null"]},
                 },
