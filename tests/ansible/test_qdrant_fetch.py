@@ -119,7 +119,7 @@ def outcomes(mirror: tuple[str, bytes], tmp_path_factory: pytest.TempPathFactory
 def health_rows(record: Path) -> list[dict]:
     """What `embedstack health` reports for Qdrant on a host holding that record (remote_checks.py, run as there)."""
     params = {"only": ["qdrant"], "qdrant": {"port": 9, "not_running_record": str(record), "canary": False}}
-    script = f"PARAMS = {params!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    script = f"PARAMS = {params!r}\n" + resources.files("embedstack.ops").joinpath("remote_checks.py").read_text()
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60, check=True)
     return json.loads(proc.stdout)
 

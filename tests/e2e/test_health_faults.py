@@ -13,8 +13,8 @@ import sys
 import time
 
 import pytest
-from embedstack.health import ssh_target
-from embedstack.inventory import Host, in_group, load_inventory
+from embedstack.ops.health import ssh_target
+from embedstack.ops.inventory import Host, in_group, load_inventory
 
 INVENTORIES = [p for p in os.environ.get("EMBEDSTACK_E2E_INVENTORY", "").split(":") if p]
 pytestmark = pytest.mark.skipif(not INVENTORIES, reason="needs EMBEDSTACK_E2E_INVENTORY (molecule verify sets it)")

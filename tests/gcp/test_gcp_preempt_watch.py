@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from embedstack.errors import ConfigError
-from embedstack.preempt import DEFAULT_ACTIONS, PreemptionWatcher, WatchSettings, load_watch_settings
+from embedstack.ops.preempt import DEFAULT_ACTIONS, PreemptionWatcher, WatchSettings, load_watch_settings
 from standins.base import StandinHandler, StandinServer
 
 HERE = Path(__file__).parent
@@ -220,7 +220,7 @@ def test_drain_now_runs_the_actions_and_prints_the_drain_time(tmp_path):
 
 
 def test_the_command_does_not_import_torch():
-    code = "import sys; from embedstack.cli import main; import embedstack.preempt; print('torch' in sys.modules)"
+    code = "import sys; from embedstack.cli import main; import embedstack.ops.preempt; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 

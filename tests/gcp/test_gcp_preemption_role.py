@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from embedstack.preempt import load_watch_settings
+from embedstack.ops.preempt import load_watch_settings
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "preemption"

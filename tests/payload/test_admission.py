@@ -8,7 +8,7 @@ import asyncio
 import time
 
 import pytest
-from embedstack.admission import MAX_BOOKINGS, RETRY_AFTER_MAX_SECONDS, Admission
+from embedstack.core.admission import MAX_BOOKINGS, RETRY_AFTER_MAX_SECONDS, Admission
 from embedstack.errors import QueueFull, Unavailable
 
 pytestmark = pytest.mark.fast

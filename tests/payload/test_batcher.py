@@ -8,11 +8,11 @@ import asyncio
 
 import numpy as np
 import pytest
-from embedstack.batcher import Batcher
 from embedstack.config import load_settings
+from embedstack.core.batcher import Batcher
+from embedstack.core.metrics import Metrics
 from embedstack.engines.local import LocalEngine, bucket_rows
 from embedstack.errors import QueueFull
-from embedstack.metrics import Metrics
 
 
 class RecordingEngine(LocalEngine):

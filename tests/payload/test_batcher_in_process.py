@@ -8,12 +8,12 @@ import asyncio
 
 import numpy as np
 import pytest
-from embedstack.batcher import Batcher
 from embedstack.config import load_settings
+from embedstack.core.batcher import Batcher
+from embedstack.core.metrics import Metrics
 from embedstack.engines import Item
 from embedstack.engines.local import bucket_length, bucket_rows
 from embedstack.errors import QueueFull, Unavailable
-from embedstack.metrics import Metrics
 from fake_engine import FakeEngine, token_ids, vector_of
 
 pytestmark = pytest.mark.fast

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedstack.config import load_settings
-from embedstack.embedding_cache import ENTRY_OVERHEAD, CachedVector, EmbeddingCache, cache_key
-from embedstack.metrics import Metrics
+from embedstack.core.embedding_cache import ENTRY_OVERHEAD, CachedVector, EmbeddingCache, cache_key
+from embedstack.core.metrics import Metrics
 
 pytestmark = pytest.mark.fast
 
@@ -366,19 +366,19 @@ def test_a_stalled_disk_costs_a_request_a_bounded_wait_and_shutdown_does_not_wai
     """The disk stops answering (a hung network disk, a full queue in the kernel): reads block. A request's
     lookup turns into misses after the read deadline, lookups after it do not wait at all while the disk is
     stalled, /metrics counts the timeouts, and close() returns in bounded time, dropping what is unwritten."""
-    from embedstack import embedding_cache
+    from embedstack.core import disk_store
 
     stored = entries(20, 64)
     run_on(tmp_path, lambda cache: cache.put_many(stored))
     disk = threading.Event()
-    real_read = embedding_cache._DiskStore._w_read
+    real_read = disk_store.DiskStore._w_read
 
     def stalled_read(self, keys):
         disk.wait()  # the disk never answers until the test lets it
         return real_read(self, keys)
 
-    monkeypatch.setattr(embedding_cache._DiskStore, "_w_read", stalled_read)
-    monkeypatch.setattr(embedding_cache, "_CLOSE_SECONDS", 1.0, raising=False)  # close_wait checks it took
+    monkeypatch.setattr(disk_store.DiskStore, "_w_read", stalled_read)
+    monkeypatch.setattr(disk_store, "_CLOSE_SECONDS", 1.0, raising=False)  # close_wait checks it took
     metrics = Metrics()
 
     async def timed(work):

@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from embedstack import health, roo_config
-from embedstack.health import Check, params_for, run_health
-from embedstack.inventory import Host
+from embedstack.ops import health, roo_config
+from embedstack.ops.health import Check, params_for, run_health
+from embedstack.ops.inventory import Host
 
 pytestmark = pytest.mark.fast
 
@@ -37,7 +37,7 @@ def qdrant_host(config_dir: Path, **extra: object) -> Host:
 
 
 def remote_rows(params: dict) -> list[dict]:
-    script = f"PARAMS = {params!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    script = f"PARAMS = {params!r}\n" + resources.files("embedstack.ops").joinpath("remote_checks.py").read_text()
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60, check=True)
     return json.loads(proc.stdout)
 

@@ -26,7 +26,7 @@ def qdrant() -> Iterator[QdrantCollectionsStandin]:
 
 
 def run_checks(params: dict) -> dict[str, dict]:
-    script = f"PARAMS = {params!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    script = f"PARAMS = {params!r}\n" + resources.files("embedstack.ops").joinpath("remote_checks.py").read_text()
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60, check=True)
     return {row["check"]: row for row in json.loads(proc.stdout)}
 

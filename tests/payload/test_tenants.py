@@ -135,7 +135,7 @@ def test_metrics_keys_come_from_a_file_too(tmp_path):
 def test_health_checks_a_gateway_whose_metrics_need_a_key():
     """`embedstack health` runs remote_checks.py on the host: /ready without a key still says 200, and the
     canary embedding uses the inventory's API key as before."""
-    from embedstack import remote_checks
+    from embedstack.ops import remote_checks
 
     app = create_app(
         settings(EMBEDSTACK_METRICS_AUTH="metrics-key", EMBEDSTACK_METRICS_KEYS=METRICS_KEY),

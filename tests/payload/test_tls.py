@@ -64,7 +64,7 @@ def ca_signed_pair(tmp: Path, names: list[str]) -> tuple[Path, Path]:
 def test_health_checks_an_https_gateway_by_the_name_clients_use(tmp_path_factory):
     """embedstack health's on-host check connects to 127.0.0.1 but verifies the certificate the host
     serves for the address in the inventory, with that certificate as the anchor (pinned)."""
-    from embedstack import remote_checks
+    from embedstack.ops import remote_checks
 
     tmp = tmp_path_factory.mktemp("health-tls")
     cert, key = ca_signed_pair(tmp, ["gpu-1.example", "10.1.2.3"])

@@ -13,13 +13,13 @@ import httpx
 import numpy as np
 import pytest
 from embedstack.api.error_responses import error_response, status_of
-from embedstack.batcher import Batcher
 from embedstack.config import load_settings, parse_model
-from embedstack.embedding_cache import EmbeddingCache
+from embedstack.core.batcher import Batcher
+from embedstack.core.embedding_cache import EmbeddingCache
+from embedstack.core.metrics import Metrics
 from embedstack.engines import upstream as upstream_module
 from embedstack.engines.upstream import UpstreamEngine
 from embedstack.errors import ConfigError, InvalidInput, QueueFull, Unavailable, UpstreamError
-from embedstack.metrics import Metrics
 from fake_vllm import FakeVllm, vector_of
 
 pytestmark = pytest.mark.fast

@@ -56,7 +56,7 @@ def probe(root: Path, node_gid: int, node_mode: int, supplementary: str) -> dict
         (bin_dir / name).write_text("#!/bin/sh\n" + body)
         (bin_dir / name).chmod(0o755)
     script = "PARAMS = " + repr({"gpu": True, "vllm": True}) + "\n"
-    script += resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    script += resources.files("embedstack.ops").joinpath("remote_checks.py").read_text()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, env=env, check=True)
     return next(r for r in json.loads(out.stdout) if r["check"].startswith("nvidia-smi"))

@@ -14,9 +14,9 @@ from embedstack.api.error_responses import HANDLERS, error_response
 from embedstack.api.routes import ROUTES
 from embedstack.api.tenants import tenant_of
 from embedstack.config import ModelSpec, Settings
+from embedstack.core.metrics import Metrics
+from embedstack.core.served_models import ServedModels
 from embedstack.engines import Engine, build_engine
-from embedstack.metrics import Metrics
-from embedstack.served_models import ServedModels
 
 _KNOWN_ROUTES = {r.path for r in ROUTES}
 

@@ -28,19 +28,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from embedstack.health import run_health
+    from embedstack.ops.health import run_health
 
     return run_health(args.inventory, args.json)
 
 
 def _roo_config(args: argparse.Namespace) -> int:
-    from embedstack.roo_config import run_roo_config
+    from embedstack.ops.roo_config import run_roo_config
 
     return run_roo_config(args.inventory, args.json)
 
 
 def _preempt_watch(args: argparse.Namespace) -> int:
-    from embedstack.preempt import load_watch_settings, run_watch
+    from embedstack.ops.preempt import load_watch_settings, run_watch
 
     settings = load_watch_settings(
         metadata_url=args.metadata_url, actions=args.action, budget_seconds=args.budget, wait_seconds=args.wait

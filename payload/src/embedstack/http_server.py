@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from embedstack.asgi_app import create_app
 from embedstack.config import Settings
 from embedstack.connection_limits import ConnectionLimits, guarded_protocol
-from embedstack.served_models import ServedModels
+from embedstack.core.served_models import ServedModels
 
 log = logging.getLogger("embedstack")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -15,20 +16,48 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1  # when nothing better is known
 
-# exception class -> (HTTP status, OpenAI error type)
-ERROR_TABLE: dict[type[errors.EmbedstackError], tuple[int, str]] = {
-    errors.InvalidInput: (400, "invalid_request_error"),
-    errors.AuthenticationFailed: (401, "invalid_request_error"),
-    errors.ModelNotFound: (404, "invalid_request_error"),
-    errors.RequestTimeout: (408, "invalid_request_error"),
-    errors.BodyTooLarge: (413, "invalid_request_error"),
-    errors.QueueFull: (429, "rate_limit_error"),
+
+class ErrorKind(NamedTuple):
+    status: int
+    type: str  # OpenAI's error type
+    description: str  # what the status means, as the OpenAPI document says (api/openapi.py)
+
+
+# exception class -> how it is answered
+ERROR_TABLE: dict[type[errors.EmbedstackError], ErrorKind] = {
+    errors.InvalidInput: ErrorKind(
+        400, "invalid_request_error", "Invalid request: the message names the field or input index"
+    ),
+    errors.AuthenticationFailed: ErrorKind(401, "invalid_request_error", "Missing or wrong API key"),
+    errors.ModelNotFound: ErrorKind(404, "invalid_request_error", "Model not served"),
+    errors.RequestTimeout: ErrorKind(
+        408, "invalid_request_error", "The request head or body did not arrive in time; the connection is closed"
+    ),
+    errors.BodyTooLarge: ErrorKind(413, "invalid_request_error", "Body over the size cap"),
+    errors.QueueFull: ErrorKind(
+        429,
+        "rate_limit_error",
+        "Queue full, or this key's share of the concurrent requests in use: retry after Retry-After seconds",
+    ),
     # nginx's code for a request whose client hung up first; nobody reads it, /metrics counts it
-    errors.ClientGone: (499, "invalid_request_error"),
-    errors.UpstreamError: (502, "server_error"),
-    errors.Unavailable: (503, "server_error"),
-    errors.ConfigError: (500, "server_error"),
+    errors.ClientGone: ErrorKind(
+        499, "invalid_request_error", "The client closed the connection first (never read; counted in /metrics)"
+    ),
+    errors.UpstreamError: ErrorKind(502, "server_error", "Every upstream failed"),
+    errors.Unavailable: ErrorKind(503, "server_error", "Loading, draining, or no upstream available"),
+    # never raised while serving: the 500 of a failure nobody expected (unexpected_error below) is described here
+    errors.ConfigError: ErrorKind(500, "server_error", "Unexpected failure, logged"),
 }
+# Answers no EmbedstackError gives: Starlette's 405 (http_error below) and the connection guard's 431
+# (connection_limits.py), both with the same error body.
+OTHER_ERRORS = (
+    ErrorKind(405, "invalid_request_error", "Method not allowed"),
+    ErrorKind(
+        431,
+        "invalid_request_error",
+        "Request line and headers over the cap, or too many headers; the connection is closed",
+    ),
+)
 RETRYABLE = {429, 502, 503}  # 502: an upstream failed, another try may reach a good one
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -49,7 +78,7 @@ def error_response(
 def status_of(exc: errors.EmbedstackError) -> tuple[int, str]:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]
+            return ERROR_TABLE[cls].status, ERROR_TABLE[cls].type
     return 500, "server_error"
 
 

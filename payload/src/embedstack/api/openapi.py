@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from embedstack import __version__
-from embedstack.api.error_responses import ERROR_TABLE, RETRYABLE
+from embedstack.api.error_responses import ERROR_TABLE, OTHER_ERRORS, RETRYABLE
 from embedstack.api.schemas import ENCODING_FORMATS, INPUT_TYPES, MAX_TOKEN_ID
 from embedstack.config import ModelSpec, Settings
 
@@ -29,35 +29,23 @@ def _error_response(description: str, retry: bool = False) -> dict[str, Any]:
     return response
 
 
+# What each error status means, from the one error table.
+_MEANINGS = {kind.status: kind.description for kind in (*ERROR_TABLE.values(), *OTHER_ERRORS)}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    meaning = {
-        400: "Invalid request: the message names the field or input index",
-        401: "Missing or wrong API key",
-        404: "Model not served",
-        405: "Method not allowed",
-        408: "The request head or body did not arrive in time; the connection is closed",
-        413: "Body over the size cap",
-        429: "Queue full, or this key's share of the concurrent requests in use: retry after Retry-After seconds",
-        431: "Request line and headers over the cap, or too many headers; the connection is closed",
-        499: "The client closed the connection first (never read; counted in /metrics)",
-        500: "Unexpected failure, logged",
-        502: "Every upstream failed",
-        503: "Loading, draining, or no upstream available",
-    }
-    return {str(s): _error_response(meaning[s], s in RETRYABLE) for s in statuses}
+    return {str(s): _error_response(_MEANINGS[s], s in RETRYABLE) for s in statuses}
 
 
-def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, Any]:
-    names = sorted({name for spec in specs for name in spec.names})
-    widest = max(spec.dimension for spec in specs)
-    max_inputs = settings.max_inputs_per_request
+def _request_schema(names: list[str], widest: int, max_inputs: int) -> dict[str, Any]:
     token_ids = {
         "type": "array",
         "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID - 1},
         "minItems": 1,
     }
     text = {"type": "string"}  # "" too: embedded as the model embeds it
-    request = {
+    # Null is what the parser takes as absent, so it is valid wherever a field is optional.
+    return {
         "type": "object",
         "required": ["model", "input"],
         "properties": {
@@ -82,6 +70,9 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
             "user": {"type": ["string", "null"], "description": "An end-user id, as OpenAI's; unused"},
         },
     }
+
+
+def _embeddings_list_schema() -> dict[str, Any]:
     embedding = {
         "type": "object",
         "required": ["object", "index", "embedding"],
@@ -101,7 +92,7 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
         "required": ["prompt_tokens", "total_tokens"],
         "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
     }
-    embeddings_list = {
+    return {
         "type": "object",
         "required": ["object", "data", "model", "usage"],
         "properties": {
@@ -111,7 +102,10 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
             "usage": usage,
         },
     }
-    model = {
+
+
+def _model_schema() -> dict[str, Any]:
+    return {
         "type": "object",
         "required": ["id", "object", "owned_by", "dimension", "max_tokens"],
         "properties": {
@@ -125,7 +119,10 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
             "engine": {"type": "string"},
         },
     }
-    error = {
+
+
+def _error_schema() -> dict[str, Any]:
+    return {
         "type": "object",
         "required": ["error"],
         "properties": {
@@ -134,46 +131,53 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
                 "required": ["message", "type", "param", "code"],
                 "properties": {
                     "message": {"type": "string"},
-                    "type": {"type": "string", "enum": sorted({t for _, t in ERROR_TABLE.values()})},
+                    "type": {"type": "string", "enum": sorted({kind.type for kind in ERROR_TABLE.values()})},
                     "param": {"type": ["string", "null"]},
                     "code": {"type": ["string", "null"]},
                 },
             }
         },
     }
-    security = [{"bearer": []}, {"apiKey": []}] if settings.api_keys else []
+
+
+def _operations(security: list[dict[str, list]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """POST /v1/embeddings and GET /v1/models (each also without /v1)."""
     embed_operation = {
         "summary": "Create embeddings",
         "security": security,
         "requestBody": {"required": True, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Request"}}}},
         "responses": {
-            "200": {"description": "Vectors in input order", "content": {_JSON: {"schema": embeddings_list}}},
+            "200": {"description": "Vectors in input order", "content": {_JSON: {"schema": _embeddings_list_schema()}}},
             **_errors(400, 401, 404, 405, 408, 413, 429, 431, 499, 500, 502, 503),
         },
     }
+    models_list = {"type": "object", "properties": {"data": {"type": "array", "items": _model_schema()}}}
     models_operation = {
         "summary": "List the served models (one entry per id and alias)",
         "security": security,
         "responses": {
-            "200": {
-                "description": "Served models",
-                "content": {
-                    _JSON: {"schema": {"type": "object", "properties": {"data": {"type": "array", "items": model}}}}
-                },
-            },
+            "200": {"description": "Served models", "content": {_JSON: {"schema": models_list}}},
             **_errors(401, 405),
         },
     }
+    return embed_operation, models_operation
 
-    def plain(summary: str, media: str = _JSON, *statuses: int) -> dict[str, Any]:
-        return {
-            "get": {
-                "summary": summary,
-                "responses": {"200": {"description": "OK", "content": {media: {}}}, **_errors(*statuses)},
-            }
+
+def _plain(summary: str, media: str = _JSON, *statuses: int) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {"200": {"description": "OK", "content": {media: {}}}, **_errors(*statuses)},
         }
+    }
 
-    # Null is what the parser takes as absent, so it is valid wherever a field is optional.
+
+def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, Any]:
+    names = sorted({name for spec in specs for name in spec.names})
+    widest = max(spec.dimension for spec in specs)
+    max_inputs = settings.max_inputs_per_request
+    security = [{"bearer": []}, {"apiKey": []}] if settings.api_keys else []
+    embed_operation, models_operation = _operations(security)
     return {
         "openapi": "3.1.0",
         "info": {"title": "embedstack gateway", "version": __version__, "description": "OpenAI-compatible embeddings"},
@@ -182,12 +186,12 @@ def openapi_document(settings: Settings, specs: list[ModelSpec]) -> dict[str, An
             "/embeddings": {"post": embed_operation},
             "/v1/models": {"get": models_operation},
             "/models": {"get": models_operation},
-            "/health": plain("The process is alive"),
-            "/ready": plain("Models loaded and not draining", _JSON, 503),
-            "/metrics": plain("Prometheus metrics", "text/plain", *([401] if settings.metrics_auth != "open" else [])),
+            "/health": _plain("The process is alive"),
+            "/ready": _plain("Models loaded and not draining", _JSON, 503),
+            "/metrics": _plain("Prometheus metrics", "text/plain", *([401] if settings.metrics_auth != "open" else [])),
         },
         "components": {
-            "schemas": {"Request": request, "Error": error},
+            "schemas": {"Request": _request_schema(names, widest, max_inputs), "Error": _error_schema()},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import hashlib
@@ -12,17 +11,17 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from embedstack.api.openapi import openapi_document
-from embedstack.api.schemas import parse_embeddings_request
+from embedstack.api.schemas import embeddings_response, parse_embeddings_request
 from embedstack.api.tenants import matched_key, offered_keys, tenant_of
-from embedstack.batcher import Result
 from embedstack.config import Settings, operator_keys
+from embedstack.core.batcher import Result
+from embedstack.core.served_models import ServedModels
 from embedstack.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -31,7 +30,6 @@ from embedstack.errors import (
     RequestTimeout,
     Unavailable,
 )
-from embedstack.served_models import ServedModels
 
 
 def _served(request: Request) -> ServedModels:
@@ -177,21 +175,7 @@ async def embeddings(request: Request) -> Response:
         result = await _unless_client_leaves(request, work)
         if result is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        vectors = result.vectors
-        if req.dimensions is not None and req.dimensions < spec.dimension:  # Matryoshka
-            vectors = vectors[:, : req.dimensions]
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        if req.encoding_format == "base64":
-            little = vectors.astype("<f4", copy=False)
-            rows = [base64.b64encode(little[i].tobytes()).decode() for i in range(len(little))]
-        else:
-            rows = list(vectors)
-        payload = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
-            "model": req.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
+        payload = embeddings_response(req, result.vectors, result.prompt_tokens, spec.dimension)
         served.metrics.latency.labels(spec.id).observe(time.perf_counter() - started)
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
     finally:

@@ -1,11 +1,15 @@
-"""Parse and validate request bodies into plain dataclasses; every failure names its field."""
+"""Both directions of the wire format: request bodies parsed and validated into plain dataclasses (every
+failure names its field), and the embeddings answer built from the vectors."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import orjson
 
 from embedstack.api.json_bounds import Bounds, bound_body
@@ -57,6 +61,27 @@ def parse_embeddings_request(body: bytes, *, max_inputs: int, max_tokens: int | 
         input_type=_parse_choice(doc, "input_type", INPUT_TYPES),
         replaced_surrogates=replaced,
     )
+
+
+def embeddings_response(
+    req: EmbeddingsRequest, vectors: np.ndarray, prompt_tokens: int, native_dimension: int
+) -> dict[str, Any]:
+    """OpenAI's embeddings list: one row per input in order, cut to the requested dimensions and
+    encoded as the request asked (orjson serialises the float rows, OPT_SERIALIZE_NUMPY)."""
+    if req.dimensions is not None and req.dimensions < native_dimension:  # Matryoshka
+        vectors = vectors[:, : req.dimensions]
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    if req.encoding_format == "base64":
+        little = vectors.astype("<f4", copy=False)
+        rows = [base64.b64encode(little[i].tobytes()).decode() for i in range(len(little))]
+    else:
+        rows = list(vectors)
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+        "model": req.model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -86,7 +86,7 @@ def endpoint_and_target(args: argparse.Namespace, http_client=None):
     base_url, api_key, model = args.base_url, args.api_key or os.environ.get("EMBEDSTACK_API_KEY"), args.model
     qdrant_url, qdrant_key = args.qdrant_url, args.qdrant_api_key or os.environ.get("QDRANT_API_KEY")
     if args.inventory:
-        from embedstack.roo_config import roo_settings
+        from embedstack.ops.roo_config import roo_settings
 
         settings, _ = roo_settings(args.inventory)
         base_url = base_url or str(settings["Base URL"])

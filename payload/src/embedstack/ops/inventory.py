@@ -1,4 +1,5 @@
-"""Read an Ansible inventory through `ansible-inventory --list`, so group_vars and vault apply."""
+"""Read an Ansible inventory through `ansible-inventory --list`, so group_vars and vault apply, and what a
+host's variables say about what the roles deploy on it (its model, its first API key, its Qdrant record)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,44 @@ class Host:
 
 def truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def gateway_model(host: Host) -> tuple[str, int]:
+    """The model id and dimension the embedding_service role deploys on this host."""
+    model = _deployed_model(host)
+    return str(model["id"]), int(model["dimension"])
+
+
+def gateway_max_tokens(host: Host) -> int:
+    """The longest input, in tokens, the deployed model embeds whole."""
+    return int(_deployed_model(host).get("max_tokens", 256))
+
+
+def _deployed_model(host: Host) -> dict[str, Any]:
+    models = host.vars.get("embedding_service_models")
+    if isinstance(models, list) and models and isinstance(models[0], dict):
+        return models[0]
+    if host.vars.get("embedding_service_engine") == "upstream":
+        model = host.vars.get("embedding_service_upstream_model") or {}
+        return {"id": host.vars.get("vllm_served_model_name", ""), "dimension": 1024, **model}
+    return {
+        "id": "all-minilm-l6-v2",
+        "dimension": 384,
+        "max_tokens": 256,
+        **(host.vars.get("embedding_service_local_model") or {}),
+    }
+
+
+def first_key(value: Any) -> str:
+    """The first key of an API-keys variable, a list or one string ("" when there is none)."""
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return str(value or "")
+
+
+def qdrant_not_running_record(host: Host) -> str:
+    """Where the qdrant role records why Qdrant does not run on the host (roles/qdrant/tasks/configure.yml)."""
+    return f"{host.vars.get('qdrant_config_dir', '/etc/qdrant')}/not-running.json"
 
 
 def _ansible_inventory() -> str:

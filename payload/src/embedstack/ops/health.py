@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from embedstack.inventory import Host, load_inventory, truthy
+from embedstack.ops.inventory import (
+    Host,
+    first_key,
+    gateway_model,
+    load_inventory,
+    qdrant_not_running_record,
+    truthy,
+)
 
 SSH_TIMEOUT = 10
 
@@ -29,38 +36,6 @@ class Check:
     detail: str
     # Not ok because the role left the component out and recorded why on the host (not a failure of what runs).
     missing: bool = False
-
-
-def gateway_model(host: Host) -> tuple[str, int]:
-    """The model id and dimension the embedding_service role deploys on this host."""
-    model = _deployed_model(host)
-    return str(model["id"]), int(model["dimension"])
-
-
-def gateway_max_tokens(host: Host) -> int:
-    """The longest input, in tokens, the deployed model embeds whole."""
-    return int(_deployed_model(host).get("max_tokens", 256))
-
-
-def _deployed_model(host: Host) -> dict[str, Any]:
-    models = host.vars.get("embedding_service_models")
-    if isinstance(models, list) and models and isinstance(models[0], dict):
-        return models[0]
-    if host.vars.get("embedding_service_engine") == "upstream":
-        model = host.vars.get("embedding_service_upstream_model") or {}
-        return {"id": host.vars.get("vllm_served_model_name", ""), "dimension": 1024, **model}
-    return {
-        "id": "all-minilm-l6-v2",
-        "dimension": 384,
-        "max_tokens": 256,
-        **(host.vars.get("embedding_service_local_model") or {}),
-    }
-
-
-def first_key(value: Any) -> str:
-    if isinstance(value, list):
-        return str(value[0]) if value else ""
-    return str(value or "")
 
 
 def params_for(host: Host) -> dict[str, Any]:
@@ -94,11 +69,6 @@ def params_for(host: Host) -> dict[str, Any]:
     return params
 
 
-def qdrant_not_running_record(host: Host) -> str:
-    """Where the qdrant role records why Qdrant does not run on the host (roles/qdrant/tasks/configure.yml)."""
-    return f"{host.vars.get('qdrant_config_dir', '/etc/qdrant')}/not-running.json"
-
-
 def ssh_target(host: Host) -> list[str]:
     """`ssh [options] user@host` with the inventory's connection settings, ready for a remote command."""
     v = host.vars
@@ -124,7 +94,7 @@ def ssh_command(host: Host) -> list[str]:
 def check_host(host: Host, params: dict[str, Any] | None = None) -> list[Check]:
     """Runs remote_checks.py on the host with params (all of the host's checks by default)."""
     params = params_for(host) if params is None else params
-    script = f"PARAMS = {params!r}\n" + resources.files("embedstack").joinpath("remote_checks.py").read_text()
+    script = f"PARAMS = {params!r}\n" + resources.files("embedstack.ops").joinpath("remote_checks.py").read_text()
     try:
         proc = subprocess.run(
             ssh_command(host), input=script, capture_output=True, text=True, timeout=SSH_TIMEOUT + 90, check=False

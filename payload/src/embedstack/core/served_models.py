@@ -7,14 +7,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from embedstack.batcher import Batcher
 from embedstack.config import ModelSpec, Settings
-from embedstack.embedding_cache import EmbeddingCache
+from embedstack.core.batcher import Batcher
+from embedstack.core.embedding_cache import EmbeddingCache
+from embedstack.core.metrics import Metrics
 from embedstack.engines import Engine, build_engine
 from embedstack.errors import ModelNotFound, excerpt
-from embedstack.metrics import Metrics
 
-log = logging.getLogger(__name__)
+# The name before core/ existed: operators filter the journal on it.
+log = logging.getLogger("embedstack.served_models")
 
 
 class ServedModels:

@@ -6,8 +6,8 @@ import json
 import sys
 
 from embedstack.errors import ConfigError
-from embedstack.health import check_host, first_key, gateway_max_tokens, gateway_model, params_for
-from embedstack.inventory import Host, in_group, load_inventory
+from embedstack.ops.health import check_host, params_for
+from embedstack.ops.inventory import Host, first_key, gateway_max_tokens, gateway_model, in_group, load_inventory
 
 
 def roo_settings(inventory: list[str]) -> tuple[dict[str, str | int], int]:

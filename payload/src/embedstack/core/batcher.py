@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedstack.admission import Admission
-from embedstack.embedding_cache import CachedVector, EmbeddingCache, cache_key
+from embedstack.core.admission import Admission
+from embedstack.core.embedding_cache import CachedVector, EmbeddingCache, cache_key
+from embedstack.core.metrics import Metrics
 from embedstack.engines import Engine, Input, Item, Output
 from embedstack.errors import QueueFull, Unavailable
-from embedstack.metrics import Metrics
 
-log = logging.getLogger(__name__)
+# The name before core/ existed: operators filter the journal on it.
+log = logging.getLogger("embedstack.batcher")
 
 # How many of the oldest waiting items a batch is chosen from.
 _WINDOW = 1024
