@@ -15,7 +15,7 @@ import pulumi_random as random
 
 import bundle_build
 import config
-from catalog import QDRANT_PORTS
+from catalog import QDRANT_PORTS, trust_ca_steps
 from components import BundleStore, EmbeddingTier, IndexTier, Network, ServiceAccounts
 from components.project_services import ProjectServices
 from components.snapshots import SnapshotStore
@@ -44,13 +44,9 @@ def secret_or_generated(value: pulumi.Output[str] | None, name: str) -> pulumi.O
     return pulumi.Output.secret(random.RandomPassword(name, length=40, special=False).result)
 
 
-# What Roo Code (Node.js in VS Code) needs to trust the stack's CA; the same advice as
-# `embedstack roo-config` (payload/src/embedstack/roo_config.py, TRUST_NOTE).
-TRUST_CA = (
-    "pulumi stack output ca_certificate > embedstack-ca.pem, then start VS Code with "
-    "NODE_EXTRA_CA_CERTS=/path/to/embedstack-ca.pem in its environment (Node reads it once, at start-up), "
-    "or add the CA to your operating system's trust store. Without it Roo reports a certificate error and "
-    "sends nothing."
+# What Roo Code (Node.js in VS Code) needs to trust the stack's CA, in the words of `embedstack roo-config`.
+TRUST_CA = "pulumi stack output ca_certificate > embedstack-ca.pem, then " + trust_ca_steps(
+    "/path/to/embedstack-ca.pem"
 )
 
 

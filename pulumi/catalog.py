@@ -6,7 +6,9 @@ machine type, edit the table: config.py refuses anything that is not listed here
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,21 @@ HEALTH_CHECK_RANGES: tuple[str, ...] = ("35.191.0.0/16", "130.211.0.0/22", "209.
 # Identity-Aware Proxy TCP forwarding (`gcloud compute ssh --tunnel-through-iap`).
 IAP_RANGE = "35.235.240.0/20"
 
+
+def _client_setup():
+    """The payload's client_setup.py, read from its source: this program's environment does not install the
+    payload, and the gateway's port and the CA trust steps must be the ones `embedstack roo-config` states."""
+    path = Path(__file__).resolve().parent.parent / "payload" / "src" / "embedstack" / "client_setup.py"
+    spec = importlib.util.spec_from_file_location("embedstack_client_setup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # Ports: the gateway (clients and health checks), Qdrant REST and gRPC, SSH.
-GATEWAY_PORT = 8080
+_CLIENT_SETUP = _client_setup()
+GATEWAY_PORT: int = _CLIENT_SETUP.GATEWAY_PORT
+trust_ca_steps = _CLIENT_SETUP.trust_ca_steps
 QDRANT_PORTS: tuple[int, int] = (6333, 6334)
 SSH_PORT = 22
 

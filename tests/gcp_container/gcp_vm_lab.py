@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from embedstack.client_setup import GATEWAY_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 for _extra in (REPO / "pulumi", REPO / "tests"):  # tests: the stand-ins package
@@ -81,7 +82,6 @@ SHUTDOWN = REPO / "pulumi" / "bootstrap" / "shutdown.sh"
 
 METADATA_PORT = 80
 STORAGE_PORT = 8091
-GATEWAY_PORT = 8080
 BUCKET = "embedstack-e2e-bundles"
 PROJECT = "embedstack-e2e-test"
 # The load balancer's stable address: a recreated VM gets the same one (see the test docstring).

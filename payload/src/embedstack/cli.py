@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from embedstack import __version__
+from embedstack.client_setup import GATEWAY_PORT
 from embedstack.config import METRICS_AUTH, load_settings
 from embedstack.errors import ConfigError
 from embedstack.indexing.commands import add_index_parser, add_search_parser
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every flag can also be set as an EMBEDSTACK_* environment variable (see the README).",
     )
     serve.add_argument("--host", help="address to bind (EMBEDSTACK_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (EMBEDSTACK_PORT, default 8080)")
+    serve.add_argument("--port", type=int, help=f"port (EMBEDSTACK_PORT, default {GATEWAY_PORT})")
     serve.add_argument("--models", metavar="FILE", help="model registry YAML (EMBEDSTACK_MODELS)")
     serve.add_argument("--api-keys", metavar="FILE", help="API keys, one a line (EMBEDSTACK_API_KEYS_FILE)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (EMBEDSTACK_TLS_CERT)")

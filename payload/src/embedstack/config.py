@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from embedstack.client_setup import GATEWAY_PORT
 from embedstack.errors import ConfigError
 
 POOLINGS = ("mean", "cls", "last")
@@ -68,7 +69,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = GATEWAY_PORT
     models_file: Path | None = None
     api_keys_file: Path | None = None
     api_keys: frozenset[str] = frozenset()

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from embedstack.client_setup import GATEWAY_PORT
 from embedstack.errors import ConfigError
 
 DEFAULT_COLLECTION = "embedstack"
@@ -24,7 +25,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         "embeddings endpoint (default: the inventory's gateway, else what `make serve` runs)"
     )
     ep.add_argument("-i", "--inventory", action="append", help="Ansible inventory of a deployment; repeat to layer")
-    ep.add_argument("--base-url", help="OpenAI-compatible base URL (default http://127.0.0.1:8080/v1)")
+    ep.add_argument("--base-url", help=f"OpenAI-compatible base URL (default http://127.0.0.1:{GATEWAY_PORT}/v1)")
     ep.add_argument("--api-key", help="API key (default: $EMBEDSTACK_API_KEY, the inventory's, or none)")
     ep.add_argument("--model", help="model id (default: the first the endpoint serves)")
     qd = parser.add_argument_group("Qdrant (default: the embedded one, Qdrant Edge in --qdrant-path)")

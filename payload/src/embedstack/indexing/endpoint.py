@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import httpx
 import openai
 
+from embedstack.client_setup import GATEWAY_PORT
 from embedstack.errors import ConfigError
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"  # what `make serve` runs
+DEFAULT_BASE_URL = f"http://127.0.0.1:{GATEWAY_PORT}/v1"  # what `make serve` runs
 # When /v1/models does not say (an endpoint other than embedstack's gateway), assume the smallest
 # common limit: chunks come out smaller, never truncated.
 FALLBACK_MAX_TOKENS = 256

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedstack.client_setup import GATEWAY_PORT
 from embedstack.errors import ConfigError
 
-GATEWAY_PORT = 8080
 QDRANT_HTTP_PORT = 6333
 
 

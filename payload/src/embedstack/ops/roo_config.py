@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from embedstack.client_setup import trust_ca_steps
 from embedstack.errors import ConfigError
 from embedstack.ops.health import check_host, params_for
 from embedstack.ops.inventory import Host, first_key, gateway_max_tokens, gateway_model, in_group, load_inventory
@@ -67,13 +68,9 @@ def qdrant_warning(host: Host) -> str | None:
     )
 
 
-# The Node.js documentation of the variable (https://nodejs.org/api/cli.html#node_extra_ca_certsfile):
-# read once at start-up, so VS Code must be started with it set.
 TRUST_NOTE = (
     "The gateway serves HTTPS. Roo Code (Node.js inside VS Code) must trust the CA that signed its certificate: "
-    "start VS Code with NODE_EXTRA_CA_CERTS=/path/to/ca.pem in its environment (Node reads it once, at start-up), "
-    "or add the CA to your operating system's trust store. Without it Roo reports a certificate error and sends "
-    "nothing."
+    + trust_ca_steps("/path/to/ca.pem")
 )
 
 
