@@ -100,11 +100,11 @@ stage = start=$$(date +%s); $(2); rc=$$?; echo "== make test: $(1) took $$(( $$(
 
 # In-process tests, no model, no network: the first thing to run while working (well under a minute).
 test-fast: setup
-	@$(call stage,fast,$(BIN)/pytest -m fast)
+	@$(call stage,fast,$(BIN)/pytest -m fast -n auto)
 
 test: host-packages vllm-venv
 	@$(call stage,lint,$(MAKE) lint ansible-lint)
-	@$(call stage,fast,$(BIN)/pytest -m fast)
+	@$(call stage,fast,$(BIN)/pytest -m fast -n auto)
 	# Real gateway processes with the real model, and the gateway in front of the real vLLM (cpu build).
 	@$(call stage,payload,$(BIN)/pytest -m payload)
 	# Role templates and plays run locally, host scripts against the GCP stand-ins, nftables with real packets.
