@@ -302,41 +302,6 @@ def test_one_tenants_backlog_does_not_stand_before_another_tenants_request():
     assert asyncio.run(main()) <= 2  # behind at most the batch running and one of the other tenant's
 
 
-def test_a_tenants_turn_carries_its_whole_request_not_one_input_of_it():
-    """Roo Code and search send several inputs a request; the caller waits for the last of them. A turn that
-    took one input of the request and filled up with the other tenant's would need a turn per input."""
-
-    async def main():
-        eng = engine()
-        eng.hold = asyncio.Event()
-        batcher = batcher_for(eng, budget=450)  # four inputs of 100 tokens a batch
-        try:
-            backlog = [
-                asyncio.create_task(
-                    batcher.embed(
-                        [f"a{i}.{j} " + "w " * 99 for j in range(4)], truncate=True, input_type="document", tenant="a"
-                    )
-                )
-                for i in range(10)
-            ]
-            await settle()
-            query = asyncio.create_task(
-                batcher.embed(
-                    [f"b{j} " + "w " * 99 for j in range(4)], truncate=True, input_type="document", tenant="b"
-                )
-            )
-            await settle()
-            eng.hold.set()
-            await asyncio.gather(query, *backlog)
-            b_tokens = {token_ids(f"b{j}")[0] for j in range(4)}
-            return max(n for n, batch in enumerate(eng.batches) if any(item.payload[0] in b_tokens for item in batch))
-        finally:
-            await batcher.close()
-
-    # the batch running when it came, then its own turn
-    assert asyncio.run(main()) <= 2
-
-
 def overloaded(hold: float, rate: float, horizon: float) -> tuple[FakeEngine, Batcher]:
     eng = engine()
     eng.hold = asyncio.Event()

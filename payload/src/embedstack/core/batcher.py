@@ -277,10 +277,7 @@ class Batcher:
         if not self.engine.merges:
             return [self._pending.pop(0)]
         window = self._pending[:_WINDOW]
-        # Among inputs of one cost the anchor's own request comes first: its caller waits for the last of its
-        # inputs, so a turn that took one of them and filled up with another tenant's would need a turn each.
-        siblings = {id(e) for e in window[0].request}
-        order = sorted(range(len(window)), key=lambda i: (window[i].item.cost, id(window[i]) not in siblings, i))
+        order = sorted(range(len(window)), key=lambda i: window[i].item.cost)
         cost = [window[i].item.cost for i in order]
         lo = hi = order.index(0)  # the anchor is always in the batch
 
