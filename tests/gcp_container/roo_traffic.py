@@ -75,7 +75,9 @@ class Traffic:
     model: str
     dimension: int
     clients: int = CLIENTS
-    read_timeout: float = 60.0
+    # Roo Code's shorter wait: its full-URL path's fetch gives up on an answer after 300 s (the SDK path after
+    # 10 min; FACTS.md), above the 120 s the gateway may hold a request in line (embedding_service_max_hold_seconds).
+    read_timeout: float = 300.0
     verify: ssl.SSLContext | bool = True  # the stack's CA, as a client that trusts it
     outcomes: list[Outcome] = field(default_factory=list)
     notice_at: float | None = None  # monotonic time of the preemption notice
