@@ -337,7 +337,6 @@ CPU_VARIANT_VARS: dict[str, Any] = {
     "vllm_model_revision": "",
     "vllm_served_model_name": "all-minilm-l6-v2",
     "vllm_max_model_len": 256,
-    "vllm_dtype": "bfloat16",
     "vllm_hf_overrides": {},
     "vllm_hf_offline": True,
     "embedding_service_engine": "upstream",
