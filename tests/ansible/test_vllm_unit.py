@@ -21,7 +21,9 @@ ROLE = ROLES / "vllm"
 # /proc/driver/nvidia/version as a proprietary (570) and an open (580) kernel module print it
 DRIVERS = Path(__file__).parent / "fixtures" / "nvidia"
 # /proc/cpuinfo of an AVX2-only EPYC (Zen 3, this machine on 6 December 2026), the same with Zen 4's AVX-512 and
-# avx512_bf16, and an Arm Neoverse V1 (Features lists bf16)
+# avx512_bf16, and an Arm Neoverse V1 (Features lists bf16). Flag names as Linux prints them: x86 from
+# arch/x86/include/asm/cpufeatures.h ("avx512_bf16", "amx_bf16"), arm64 from arch/arm64/kernel/cpuinfo.c's
+# hwcap_str ("bf16")
 CPUINFO = Path(__file__).parent / "fixtures" / "cpuinfo"
 VAR_SETS: dict[str, dict] = {
     "defaults": {},
