@@ -182,6 +182,33 @@ def test_tenants_take_turns_in_the_line():
     assert asyncio.run(main())[:3] == ["a0", "b0", "a1"]
 
 
+def test_a_tenant_with_nothing_admitted_goes_before_a_backlog_that_fills_the_horizon():
+    """Room that comes goes to the tenant with the least work admitted: a key whose backlog holds the
+    whole horizon does not take each bit of room before another key's first request."""
+
+    async def main():
+        admission, _ = measured(rate=100.0, horizon=3.0, hold=60.0)
+        for _ in range(3):
+            await admission.acquire(100, None, "key-a")  # key-a holds the whole horizon
+        order: list[str] = []
+
+        async def request(name: str, tenant: str) -> None:
+            await admission.acquire(100, name, tenant)
+            order.append(name)
+
+        tasks = [asyncio.create_task(request(f"a{i}", "key-a")) for i in range(3, 5)]
+        await settle()
+        tasks.append(asyncio.create_task(request("b0", "key-b")))
+        await settle()
+        for _ in range(3):
+            admission.release(100, "key-a")
+            await settle()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(main()) == ["b0", "a3", "a4"]
+
+
 def test_a_returning_request_keeps_the_place_of_its_first_arrival():
     async def main():
         admission, clock = measured(rate=100.0, horizon=1.0, hold=5.0)

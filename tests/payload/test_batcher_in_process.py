@@ -302,6 +302,72 @@ def test_one_tenants_backlog_does_not_stand_before_another_tenants_request():
     assert asyncio.run(main()) <= 2  # behind at most the batch running and one of the other tenant's
 
 
+def test_room_comes_back_batch_by_batch_so_another_tenant_waits_one_batch_not_a_whole_request():
+    """Key a's two 4-input requests fill and queue beyond the horizon; key b's one input is admitted as
+    soon as one batch is done, not when a's request's last input is."""
+
+    async def main():
+        eng = engine()
+        eng.hold = asyncio.Event()
+        batcher = batcher_for(eng, budget=250, hold=60)  # two inputs of 100 tokens a batch
+        batcher.admission.rate, batcher.admission.max_queue_seconds = 100.0, 4.0  # room for 4 inputs
+        batcher.admission.clock = lambda: 1.0  # the fake engine's instant batches measure no new rate
+        try:
+            backlog = [
+                asyncio.create_task(
+                    batcher.embed(
+                        [f"a{r}{i} " + "w " * 99 for i in range(4)], truncate=True, input_type="document", tenant="a"
+                    )
+                )
+                for r in range(2)
+            ]
+            await settle()
+            query = asyncio.create_task(
+                batcher.embed(["b " + "w " * 99], truncate=True, input_type="document", tenant="b")
+            )
+            await settle()
+            while not query.done():  # one batch at a time
+                eng.hold.set()
+                await asyncio.sleep(0)
+                eng.hold.clear()
+                await settle()
+            eng.hold.set()
+            await asyncio.gather(*backlog)
+            return next(
+                n for n, batch in enumerate(eng.batches) if any(item.payload[0] == token_ids("b")[0] for item in batch)
+            )
+        finally:
+            await batcher.close()
+
+    # behind the batch that made room and the one the batcher took meanwhile; a whole request of a's
+    # (2 batches) and then another's 2 before, when room came back per request
+    assert asyncio.run(main()) <= 2
+
+
+def test_an_engine_that_runs_one_batch_at_a_time_gets_batches_of_max_batch_seconds_of_work():
+    async def main():
+        eng = engine()
+        eng.hold = asyncio.Event()
+        batcher = batcher_for(eng, budget=8192)
+        batcher.max_batch_seconds = 0.5
+        batcher.admission.rate = 600.0  # cost units a second: 300 a batch
+        batcher.admission.clock = lambda: 1.0
+        try:
+            first = embed(batcher, ["w " * 100])  # runs alone while the rest queue
+            await settle()
+            rest = embed(batcher, ["w " * 100] * 12)
+            await settle()
+            eng.hold.set()
+            await asyncio.gather(first, rest)
+            return [sum(item.cost for item in batch) for batch in eng.batches]
+        finally:
+            await batcher.close()
+
+    costs = asyncio.run(main())
+    assert max(costs) <= 300
+    assert sum(costs) == 13 * 100
+
+
 def overloaded(hold: float, rate: float, horizon: float) -> tuple[FakeEngine, Batcher]:
     eng = engine()
     eng.hold = asyncio.Event()

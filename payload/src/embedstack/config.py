@@ -96,6 +96,9 @@ class Settings:
     max_connections_per_client: int = 256
     truncate: bool = True
     max_batch_tokens: int = 8192
+    # An engine that runs one batch at a time (the local one) gets at most this much work per batch, at its
+    # measured rate: a request that arrives behind a batch waits no longer. 0 = max_batch_tokens alone.
+    max_batch_seconds: float = 0.25
     max_wait_ms: float = 0.0  # requests that arrive while a batch runs join the next one anyway
     max_queue_inputs: int = 8192  # the memory bound
     max_queue_seconds: float = 0.0  # the admission horizon; 0 = derived from drain_seconds
@@ -149,6 +152,7 @@ _ENV_FIELDS = {
     "max_connections_per_client": int,
     "truncate": bool,
     "max_batch_tokens": int,
+    "max_batch_seconds": float,
     "max_wait_ms": float,
     "max_queue_inputs": int,
     "max_queue_seconds": float,
@@ -277,7 +281,7 @@ def _check_limits(s: Settings) -> None:
     for name in ("header_timeout", "body_timeout"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"EMBEDSTACK_{name.upper()} must be above 0 seconds, got {getattr(s, name)}")
-    for name in ("drain_seconds", "max_wait_ms", "max_queue_seconds", "max_hold_seconds"):
+    for name in ("drain_seconds", "max_wait_ms", "max_queue_seconds", "max_hold_seconds", "max_batch_seconds"):
         if getattr(s, name) < 0:
             raise ConfigError(f"EMBEDSTACK_{name.upper()} must not be negative, got {getattr(s, name)}")
     if s.cache_bytes < 0 or s.cache_disk_bytes < 0:

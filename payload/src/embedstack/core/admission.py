@@ -5,8 +5,9 @@ has shown. An engine with room never refuses.
 A request that does not fit waits in line, if its turn is expected within max_hold_seconds: the
 gateway holds it instead of answering 429, so clients that never read Retry-After (Roo Code's
 full-URL path) lose no attempt. The line is served in turns across tenants (API keys, or client
-addresses when the gateway is open), so one tenant's backlog does not stand before another's
-first request; within a tenant, first come first served.
+addresses when the gateway is open): the tenant with the least work admitted goes first, so one
+tenant's backlog does not stand before another's first request, however much of the horizon the
+backlog already holds; within a tenant, first come first served.
 
 A request whose turn is further away is refused (429) with a Retry-After of when it could be held
 and admitted, at most 59 s: openai-node ignores
@@ -79,6 +80,7 @@ class Admission:
         self.clock = clock
         self.rate: float | None = None  # cost units per second of engine work, once measured
         self.queued_cost = 0  # admitted and not yet answered
+        self._admitted: collections.Counter[object] = collections.Counter()  # queued_cost by tenant
         self._running = 0
         self._busy_mark = 0.0
         self._sample_cost = 0
@@ -112,7 +114,7 @@ class Admission:
         booking = self._unbook(key)
         place = booking.place if booking else (now, next(self._sequence))
         if not self._line and self._fits(cost):
-            self.queued_cost += cost
+            self._admit(cost, tenant)
             return
         # A request is refused once, and a tenant once a minute: its other requests wait in line as long as
         # their clients wait for an answer, since clients pause all their work on each 429.
@@ -137,17 +139,18 @@ class Admission:
         except asyncio.CancelledError:  # the client left: its place, or its admission, is given back
             self._remove(tenant, waiter)
             if waiter.future.done() and not waiter.future.exception():
-                self.release(cost)
+                self.release(cost, tenant)
             raise
 
-    def adjust(self, delta: int) -> None:
+    def adjust(self, delta: int, tenant: object = None) -> None:
         """Correct an admitted estimate by what the request really costs (known once tokenized)."""
-        self.queued_cost += delta
+        self._admit(delta, tenant)
         if delta < 0:
             self._admit_waiting()
 
-    def release(self, cost: int) -> None:
-        self.queued_cost -= cost
+    def release(self, cost: int, tenant: object = None) -> None:
+        """`cost` of `tenant`'s admitted work is done (or will not be done): room for those in line."""
+        self._admit(-cost, tenant)
         self._admit_waiting()
 
     def drain(self) -> None:
@@ -228,16 +231,28 @@ class Admission:
             if not waiters:
                 del self._line[tenant]
 
+    def _admit(self, cost: int, tenant: object) -> None:
+        self.queued_cost += cost
+        left = self._admitted[tenant] + cost
+        if left > 0:
+            self._admitted[tenant] = left
+        else:
+            self._admitted.pop(tenant, None)
+
     def _admit_waiting(self) -> None:
-        """Admit held requests, one tenant's turn after another's, while they fit."""
+        """Admit held requests while they fit: the tenant with the least work admitted first (of equals,
+        the one whose turn came longest ago), so a tenant whose backlog fills the horizon does not take
+        each bit of room as it comes before another tenant's first request. A head that does not fit
+        stops the line: room collects for it, and it is not passed over for ever by smaller requests."""
         while self._line:
-            tenant, waiters = next(iter(self._line.items()))
+            tenant = min(self._line, key=lambda t: self._admitted.get(t, 0))
+            waiters = self._line[tenant]
             head = waiters[0]
             if head.future.done():  # gone (timed out or cancelled): its slot is not taken
                 waiters.popleft()
             elif self._fits(head.cost):
                 waiters.popleft()
-                self.queued_cost += head.cost
+                self._admit(head.cost, tenant)
                 head.future.set_result(None)
             else:
                 return

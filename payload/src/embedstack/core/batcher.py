@@ -2,14 +2,17 @@
 
 It knows nothing of HTTP. Requests are admitted whole or refused whole (QueueFull): by time
 (admission.py: the estimated work ahead must fit max_queue_seconds) and by memory (never more
-than max_queue_inputs). Merging engines get token-budgeted batches of items of similar length,
-always including the oldest waiting item so nothing starves.
+than max_queue_inputs); admitted work is given back batch by batch as it is done. Merging engines
+get token-budgeted batches of items of similar length, always including the oldest waiting item of
+the tenant whose turn it is, so nothing starves. An engine that runs one batch at a time gets
+batches of at most max_batch_seconds of work: a request that arrives behind one waits no longer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -26,6 +29,8 @@ log = logging.getLogger("embedstack.batcher")
 
 # How many of the oldest waiting items a batch is chosen from.
 _WINDOW = 1024
+# How long a tenant's engine work counts against its next turn, in seconds (an exponential memory).
+_SERVICE_MEMORY_SECONDS = 10.0
 # Truncations logged per minute and model; /metrics counts all of them.
 _TRUNCATION_LOGS_PER_MINUTE = 5
 
@@ -36,6 +41,7 @@ class _Entry:
     future: asyncio.Future
     request: list[_Entry]  # every entry of the same request, this one included
     tenant: object = None
+    released: bool = False  # its cost given back to admission
 
 
 @dataclass(slots=True)
@@ -66,10 +72,12 @@ class Batcher:
         max_queue_seconds: float,
         metrics: Metrics,
         max_hold_seconds: float = 0.0,
+        max_batch_seconds: float = 0.0,
         cache: EmbeddingCache | None = None,
     ):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_seconds = max_batch_seconds
         self.max_wait = max_wait_ms / 1000
         self.max_queue_inputs = max_queue_inputs
         self.admission = Admission(max_queue_seconds, max_hold_seconds)
@@ -78,8 +86,7 @@ class Batcher:
         self.queued_inputs = 0  # admitted and not yet answered
         self.draining = False
         self._pending: list[_Entry] = []
-        self._anchored: dict[object, int] = {}  # each tenant's last anchored batch
-        self._batches_taken = 0
+        self._served: dict[object, tuple[float, float]] = {}  # each tenant's recent engine work: (cost, as of)
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(engine.concurrency)
         self._running: dict[asyncio.Task, list[_Entry]] = {}
@@ -149,21 +156,25 @@ class Batcher:
         except BaseException:
             self._count_queued(-n)
             raise
+        entries: list[_Entry] = []
         try:
             items = await self.engine.prepare(inputs, truncate=truncate, input_type=input_type)
             cost = sum(item.cost for item in items)
-            self.admission.adjust(cost - admitted)
+            self.admission.adjust(cost - admitted, tenant)
             admitted = cost
             self._count_truncated(items)
             loop = asyncio.get_running_loop()
-            entries: list[_Entry] = []
             entries.extend(_Entry(item, loop.create_future(), entries, tenant) for item in items)
             self._pending.extend(entries)
             self._wakeup.set()
             outputs: list[Output] = await asyncio.gather(*(e.future for e in entries))
         finally:
             self._count_queued(-n)
-            self.admission.release(admitted)
+            # What the batches have not given back yet: inputs never run (a failure, a client gone).
+            left = admitted - sum(e.item.cost for e in entries if e.released)
+            for entry in entries:
+                entry.released = True
+            self.admission.release(left, tenant)
         vectors = outputs[0].vectors if len(outputs) == 1 else np.concatenate([o.vectors for o in outputs])
         return _Computed(
             vectors, [n for o in outputs for n in (o.input_tokens or [o.tokens])], all(o.cacheable for o in outputs)
@@ -240,7 +251,7 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._slots.acquire()
-            if self.engine.merges and self.max_wait and self._pending_cost() < self.max_batch_tokens:
+            if self.engine.merges and self.max_wait and self._pending_cost() < self._batch_budget():
                 await asyncio.sleep(self.max_wait)  # let concurrent arrivals join this batch
             batch = self._take_batch()
             if not batch:
@@ -250,24 +261,49 @@ class Batcher:
             self._running[task] = batch
             task.add_done_callback(lambda done: self._running.pop(done, None))
 
+    def _batch_budget(self) -> int:
+        """Padded tokens for the next batch: max_batch_tokens, or where the engine runs one batch at a time,
+        no more than max_batch_seconds of work at the measured rate (on a CPU a full batch takes seconds,
+        and bigger batches are no faster there; on a GPU the token cap comes first)."""
+        rate = self.admission.rate
+        if self.engine.concurrency > 1 or not rate or not self.max_batch_seconds:
+            return self.max_batch_tokens
+        return max(1, min(self.max_batch_tokens, int(rate * self.max_batch_seconds)))
+
     def _pending_cost(self) -> int:
         return sum(e.item.cost for e in self._pending[:_WINDOW])
 
     def _anchor(self) -> int:
-        """Where in the queue the next batch's anchor is: the oldest input of the tenant whose turn it
-        is (the one anchored longest ago), so a tenant's backlog does not stand before another's
-        first request: a search query waits one batch, not the other tenant's whole re-index."""
+        """Where in the queue the next batch's anchor is: the oldest input of the tenant the engine served
+        least lately (of equals, the one queued first), so a tenant's backlog does not stand before another's
+        request: a search query waits for the batch running, not for turns of another tenant's re-index."""
         first: dict[object, int] = {}
         for i, entry in enumerate(self._pending):
             first.setdefault(entry.tenant, i)
         if len(first) == 1:
             return 0
-        tenant = min(first, key=lambda t: (self._anchored.get(t, -1), first[t]))
-        self._batches_taken += 1
-        self._anchored[tenant] = self._batches_taken
-        if len(self._anchored) > 4 * len(first) + 64:  # tenants with nothing queued are forgotten
-            self._anchored = {t: n for t, n in self._anchored.items() if t in first}
+        now = time.monotonic()
+        served = self._recent_service(now)
+        newcomer = min(served.values(), default=0.0)
+        # of equals, a newcomer first: it starts level with the least served, so it would lose every tie
+        tenant = min(first, key=lambda t: (served.get(t, newcomer), t in served, first[t]))
+        if len(self._served) > 4 * len(first) + 64:  # tenants with nothing queued are forgotten
+            self._served = {t: v for t, v in self._served.items() if t in first}
         return first[tenant]
+
+    def _recent_service(self, now: float) -> dict[object, float]:
+        """Each known tenant's engine work, fading over _SERVICE_MEMORY_SECONDS."""
+        return {t: cost * math.exp(-(now - at) / _SERVICE_MEMORY_SECONDS) for t, (cost, at) in self._served.items()}
+
+    def _note_service(self, batch: list[_Entry]) -> None:
+        """Count a batch's work to its tenants. A tenant new to the engine starts level with the one served
+        least, not at nothing: otherwise it would go before everyone until it had caught up with their past."""
+        now = time.monotonic()
+        served = self._recent_service(now)
+        newcomer = min(served.values(), default=0.0)
+        for entry in batch:
+            served[entry.tenant] = served.get(entry.tenant, newcomer) + entry.item.cost
+            self._served[entry.tenant] = (served[entry.tenant], now)
 
     def _take_batch(self) -> list[_Entry]:
         self._pending = [e for e in self._pending if not e.future.done()]  # callers that went away
@@ -277,12 +313,26 @@ class Batcher:
         if not self.engine.merges:
             return [self._pending.pop(0)]
         window = self._pending[:_WINDOW]
-        order = sorted(range(len(window)), key=lambda i: window[i].item.cost)
+        budget = self._batch_budget()
+        # The anchor's tenant first: its request is answered when its last input is, so a turn that took one of
+        # its inputs and filled up with another tenant's would cost it a turn per input.
+        tenant = window[0].tenant
+        own = [i for i, e in enumerate(window) if e.tenant == tenant]
+        chosen = self._similar(window, own, budget)
+        if len(chosen) == len(own) and len(own) < len(window):  # the room left goes to the others
+            chosen = self._fill(window, chosen, budget)
+        batch = [window[i] for i in sorted(chosen)]
+        self._pending = [e for i, e in enumerate(window) if i not in chosen] + self._pending[_WINDOW:]
+        return batch
+
+    def _similar(self, window: list[_Entry], candidates: list[int], budget: int) -> set[int]:
+        """The anchor (window[0]) and the candidates of the nearest costs that fit the budget, padded."""
+        order = sorted(candidates, key=lambda i: window[i].item.cost)
         cost = [window[i].item.cost for i in order]
         lo = hi = order.index(0)  # the anchor is always in the batch
 
         def fits(lo: int, hi: int) -> bool:  # padded to the longest member
-            return self.engine.batch_cost(hi - lo + 1, cost[hi]) <= self.max_batch_tokens
+            return self.engine.batch_cost(hi - lo + 1, cost[hi]) <= budget
 
         while True:
             left = lo > 0 and fits(lo - 1, hi)
@@ -293,14 +343,26 @@ class Batcher:
                 hi += 1
             else:
                 lo -= 1
-        chosen = {order[k] for k in range(lo, hi + 1)}
-        batch = [window[i] for i in sorted(chosen)]
-        self._pending = [e for i, e in enumerate(window) if i not in chosen] + self._pending[_WINDOW:]
-        return batch
+        return {order[k] for k in range(lo, hi + 1)}
+
+    def _fill(self, window: list[_Entry], chosen: set[int], budget: int) -> set[int]:
+        """`chosen` and other inputs of the nearest costs, while the padded batch fits the budget."""
+        longest = max(window[i].item.cost for i in chosen)
+        rest = sorted(
+            (i for i in range(len(window)) if i not in chosen), key=lambda i: abs(window[i].item.cost - longest)
+        )
+        chosen = set(chosen)
+        for i in rest:
+            longer = max(longest, window[i].item.cost)
+            if self.engine.batch_cost(len(chosen) + 1, longer) <= budget:
+                chosen.add(i)
+                longest = longer
+        return chosen
 
     async def _run(self, batch: list[_Entry]) -> None:
         spec_id = self.engine.spec.id
         self.admission.batch_started()
+        self._note_service(batch)
         done = 0
         try:
             self.metrics.batch_size.labels(spec_id).observe(sum(e.item.inputs for e in batch))
@@ -308,6 +370,7 @@ class Batcher:
                 outputs = await self.engine.run([e.item for e in batch])
                 done = sum(e.item.cost for e in batch)
             except Exception as exc:  # the engine's error belongs to the requests in this batch
+                self._release(batch)
                 for entry in batch:
                     if not entry.future.done():
                         entry.future.set_exception(exc)
@@ -315,6 +378,7 @@ class Batcher:
                     for sibling in entry.request:
                         sibling.future.cancel()
                 return
+            self._release(batch)
             for entry, output in zip(batch, outputs, strict=True):
                 self.metrics.tokens.labels(spec_id).inc(output.tokens)
                 if not entry.future.done():
@@ -322,3 +386,14 @@ class Batcher:
         finally:
             self.admission.batch_finished(done)
             self._slots.release()
+
+    def _release(self, batch: list[_Entry]) -> None:
+        """Give a finished batch's work back to admission at once, not when each request's last input is
+        done: the next tenant in line is admitted after one batch, not after another's whole request."""
+        by_tenant: dict[object, int] = {}
+        for entry in batch:
+            if not entry.released:
+                entry.released = True
+                by_tenant[entry.tenant] = by_tenant.get(entry.tenant, 0) + entry.item.cost
+        for tenant, cost in by_tenant.items():
+            self.admission.release(cost, tenant)

@@ -39,6 +39,7 @@ class ServedModels:
             batcher = Batcher(
                 engine,
                 max_batch_tokens=settings.max_batch_tokens,
+                max_batch_seconds=settings.max_batch_seconds,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue_inputs=settings.max_queue_inputs,
                 max_queue_seconds=settings.queue_horizon,

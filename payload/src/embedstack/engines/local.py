@@ -96,6 +96,9 @@ class LocalEngine:
         self.spec = spec
         self.settings = settings
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{spec.id}")
+        # Tokenizing on a thread of its own: a request's ids are ready while another's batch runs, instead of
+        # after it (the tokenizer is set up once at load and only encodes after that, which it may do from any thread).
+        self._tokenizer_executor = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{spec.id}")
         self._tokenizer: Any = None
         self._model: Any = None
         self._torch: Any = None
@@ -115,6 +118,7 @@ class LocalEngine:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
 
     def unavailable_reason(self) -> str | None:
         return None  # once loaded, the model is always there
@@ -138,7 +142,9 @@ class LocalEngine:
         return sum(bucket_length(estimated_tokens(x, prefix, limit), limit) for x in inputs)
 
     async def prepare(self, inputs: list[Input], *, truncate: bool, input_type: str) -> list[Item]:
-        ids, cut = await self._call(self._tokenize, inputs, truncate, input_type)
+        ids, cut = await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer_executor, self._tokenize, inputs, truncate, input_type
+        )
         return [
             Item(payload=seq, cost=bucket_length(len(seq), self.spec.max_tokens), truncated=int(i in cut))
             for i, seq in enumerate(ids)
@@ -151,7 +157,7 @@ class LocalEngine:
             Output(vectors=vectors[i : i + 1], tokens=len(item.payload), cacheable=True) for i, item in enumerate(items)
         ]
 
-    # --- everything below runs on the inference thread ---
+    # --- everything below runs on the inference thread, but _tokenize on the tokenizer's ---
 
     def _load(self) -> None:
         import torch
