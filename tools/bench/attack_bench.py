@@ -4,14 +4,18 @@ One gateway with the bundled model and two keys: an attacker's and a legitimate 
 legitimate client embeds 4 code chunks at a time, one request after another; a second thread asks
 /ready every 10 ms; a third samples the server's RSS. First a quiet phase, then each attack for
 PHASE seconds, the attackers on loopback addresses of their own (127.0.2.x) as separate hosts
-would be. Printed per phase: the legitimate client's successes and p50/p99 latency (against the
-quiet phase), /ready's worst latency, the server's peak RSS, and the 5xx answers the server counted.
+would be. As separate hosts, they and the observers also get CPUs of their own: the gateway runs
+on the first half of this machine's CPUs, the attackers (a process of their own) and the observers
+on the rest, in every phase, the quiet one included. --shared-cpus runs everything everywhere,
+where the attackers' own work takes CPU from the gateway. Printed per phase: the legitimate
+client's successes and p50/p99 latency (against the quiet phase), /ready's worst latency, the
+server's peak RSS, and the 5xx answers the server counted.
 
 Targets on this machine: 100 % 200s, p99 within 2x of quiet, /ready worst under 100 ms, RSS under
 the unit's MemoryMax (3 GiB), no 5xx. A last phase drains a TLS gateway while TLS clients connect:
 each must get a 503 over TLS, not a broken handshake.
 
-    python tools/bench/attack_bench.py [--phase SECONDS] [--only NAME ...]
+    python tools/bench/attack_bench.py [--phase SECONDS] [--only NAME ...] [--shared-cpus]
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import multiprocessing
+import os
 import re
 import signal
 import socket
@@ -260,25 +266,43 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def run_phase(name: str, observer: Observer, gateway: BenchGateway, attack, seconds: float) -> dict:
+def split_cpus(shared: bool) -> tuple[set[int] | None, set[int] | None]:
+    """The gateway's CPUs and the bench's (attackers and observers): halves of this process's set."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if shared or len(cpus) < 2:
+        return None, None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def attack_process(name: str, port: int, seconds: float, cpus: set[int] | None) -> int:
+    """One attack for `seconds`, in a process of its own (its event loop must not take the observers' GIL)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+    async def drive() -> int:
+        a = Attack(port)
+        task = asyncio.create_task(ATTACKS[name](a))
+        await asyncio.sleep(seconds)
+        a.stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(task, 30)
+        return a.sent
+
+    return asyncio.run(drive())
+
+
+def run_phase(
+    name: str, observer: Observer, gateway: BenchGateway, attackers, seconds: float, cpus: set[int] | None = None
+) -> dict:
     errors_before = server_errors(gateway.url)
     observer.reset()
     observer.running.set()
     sent = 0
-    if attack is None:
+    if attackers is None:
         time.sleep(seconds)
     else:
-
-        async def drive() -> int:
-            a = Attack(gateway.port)
-            task = asyncio.create_task(attack(a))
-            await asyncio.sleep(seconds)
-            a.stop.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(task, 30)
-            return a.sent
-
-        sent = asyncio.run(drive())
+        sent = attackers.apply(attack_process, (name, gateway.port, seconds, cpus))
     observer.running.clear()
     time.sleep(0.3)
     ok = sum(s == 200 for s in observer.statuses)
@@ -383,17 +407,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=float, default=8.0, help="seconds per phase")
     parser.add_argument("--only", nargs="*", help="run the attacks whose names contain these words")
+    parser.add_argument(
+        "--shared-cpus", action="store_true", help="run the gateway, attackers and observers on every CPU alike"
+    )
     args = parser.parse_args(argv)
-    attacks = {n: f for n, f in ATTACKS.items() if not args.only or any(w in n for w in args.only)}
+    attacks = [n for n in ATTACKS if not args.only or any(w in n for w in args.only)]
     texts = load_chunks(4)
+    gateway_cpus, bench_cpus = split_cpus(args.shared_cpus)
     env = {"EMBEDSTACK_API_KEYS": f"{ATTACKER_KEY},{CLIENT_KEY}"}
-    with BenchGateway("off", 0, extra_env=env) as gateway:
+    if bench_cpus:
+        os.sched_setaffinity(0, bench_cpus)  # the observers' threads, and the attackers' process after them
+        print(f"gateway on CPUs {sorted(gateway_cpus)}; attackers and observers on {sorted(bench_cpus)}")
+    with (
+        BenchGateway("off", len(gateway_cpus or ()), extra_env=env, cpus=gateway_cpus) as gateway,
+        multiprocessing.get_context("spawn").Pool(1) as attackers,
+    ):
         gateway.wait_ready(READY_TIMEOUT)
         observer = Observer(gateway, texts)
         try:
             rows = [run_phase("quiet", observer, gateway, None, args.phase)]
-            for name, attack in attacks.items():
-                rows.append(run_phase(name, observer, gateway, attack, args.phase))
+            for name in attacks:
+                rows.append(run_phase(name, observer, gateway, attackers, args.phase, bench_cpus))
                 print(f"  {name}: done", flush=True)
         finally:
             observer.close()

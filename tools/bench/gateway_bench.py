@@ -207,7 +207,10 @@ def free_port() -> int:
 class BenchGateway:
     """`embedstack serve` in a subprocess, its output in a log file, always stopped on exit."""
 
-    def __init__(self, compile_mode: str, threads: int, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, compile_mode: str, threads: int, extra_env: dict[str, str] | None = None, cpus: set[int] | None = None
+    ):
+        self.cpus = cpus  # the server's CPUs (all when None)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1", EMBEDSTACK_COMPILE=compile_mode, EMBEDSTACK_THREADS=str(threads))
@@ -226,7 +229,12 @@ class BenchGateway:
         with self.log_path.open("wb") as log:
             # A session of its own: Ctrl-C reaches only the bench, which then stops the server itself.
             self.proc = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
             )
         return self
 
