@@ -92,6 +92,8 @@ class Settings:
     max_header_count: int = 100
     header_timeout: float = 15.0
     body_timeout: float = 60.0
+    # Body bytes read a second per tenant (api/upload_rate.py); 0 = as fast as they come.
+    max_upload_bytes_per_second: int = 16 * 1024 * 1024
     max_connections: int = 1024
     max_connections_per_client: int = 256
     truncate: bool = True
@@ -148,6 +150,7 @@ _ENV_FIELDS = {
     "max_header_count": int,
     "header_timeout": float,
     "body_timeout": float,
+    "max_upload_bytes_per_second": int,
     "max_connections": int,
     "max_connections_per_client": int,
     "truncate": bool,
@@ -284,6 +287,11 @@ def _check_limits(s: Settings) -> None:
     for name in ("drain_seconds", "max_wait_ms", "max_queue_seconds", "max_hold_seconds", "max_batch_seconds"):
         if getattr(s, name) < 0:
             raise ConfigError(f"EMBEDSTACK_{name.upper()} must not be negative, got {getattr(s, name)}")
+    if s.max_upload_bytes_per_second < 0:
+        raise ConfigError(
+            f"EMBEDSTACK_MAX_UPLOAD_BYTES_PER_SECOND must not be negative (0 = no limit), "
+            f"got {s.max_upload_bytes_per_second}"
+        )
     if s.cache_bytes < 0 or s.cache_disk_bytes < 0:
         raise ConfigError("EMBEDSTACK_CACHE_BYTES and EMBEDSTACK_CACHE_DISK_BYTES must not be negative")
     _check_metrics_auth(s)

@@ -51,9 +51,10 @@ def authorize(request: Request, keys: frozenset[str]) -> str | None:
     return matched
 
 
-async def read_body(request: Request, served: ServedModels) -> bytes:
-    """The body, within the size cap and the body deadline; a drain that starts meanwhile answers 503
-    at once (nothing was accepted yet), and a client that hangs up is a 499, not a server error."""
+async def read_body(request: Request, served: ServedModels, tenant: object) -> bytes:
+    """The body, within the size cap, the body deadline and the tenant's upload rate; a drain that starts
+    meanwhile answers 503 at once (nothing was accepted yet), and a client that hangs up is a 499, not a
+    server error."""
     settings = served.settings
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length", "")
@@ -67,6 +68,8 @@ async def read_body(request: Request, served: ServedModels) -> bytes:
             if size > limit:
                 raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+            if wait := served.upload_rate.delay(tenant, len(chunk)):
+                await asyncio.sleep(wait)
         return b"".join(chunks)
 
     reading = asyncio.ensure_future(read())
@@ -147,7 +150,7 @@ async def embeddings(request: Request) -> Response:
     started = time.perf_counter()
     served.enter()
     try:
-        body = await read_body(request, served)
+        body = await read_body(request, served, tenant)
         longest = served.longest_max_tokens
         parse = functools.partial(
             parse_embeddings_request, max_inputs=settings.max_inputs_per_request, max_tokens=longest
