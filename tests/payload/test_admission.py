@@ -209,6 +209,35 @@ def test_a_tenant_with_nothing_admitted_goes_before_a_backlog_that_fills_the_hor
     assert asyncio.run(main()) == ["b0", "a3", "a4"]
 
 
+def test_a_tenant_with_nothing_admitted_is_admitted_at_once_within_the_drain_budget():
+    """Key a's backlog fills the horizon (and a flood that slows the engine shrinks the horizon's room):
+    key b's request is admitted at once, into the drain budget's room above the horizon, because the
+    batcher serves b first; b's next request while the first is admitted, and one beyond the drain
+    budget, wait in line."""
+
+    async def main():
+        clock = Clock()
+        admission = Admission(3.0, 60.0, clock=clock, max_total_seconds=4.0)
+        admission.rate = 100.0
+        for _ in range(3):
+            await admission.acquire(100, None, "key-a")  # the horizon is full
+        a_more = asyncio.create_task(admission.acquire(100, "a3", "key-a"))
+        await settle()
+        b_first = asyncio.create_task(admission.acquire(100, "b0", "key-b"))
+        await settle()
+        b_second = asyncio.create_task(admission.acquire(50, "b1", "key-b"))
+        c_large = asyncio.create_task(admission.acquire(200, "c0", "key-c"))
+        await settle()
+        held = [t.done() for t in (a_more, b_first, b_second, c_large)]
+        for task in (a_more, b_second, c_large):
+            task.cancel()
+        return held, admission.queued_cost
+
+    held, queued = asyncio.run(main())
+    assert held == [False, True, False, False]
+    assert queued == 400
+
+
 def test_a_returning_request_keeps_the_place_of_its_first_arrival():
     async def main():
         admission, clock = measured(rate=100.0, horizon=1.0, hold=5.0)

@@ -21,6 +21,11 @@ pause shared by all of its batches (5 s up to 300 s): one refusal tells it to sl
 would stop it for minutes. Bookings never reserve room, they expire, and there are at most MAX_BOOKINGS of them, so
 a flood of refused requests costs constant work each.
 
+A tenant with no work admitted is admitted at once while everything admitted, its request included,
+still fits the drain budget (max_total_seconds): the batcher serves the tenant it served least first,
+so its wait is its own work, not the backlog of a tenant that fills the horizon, and the horizon's
+room shrinks with the engine's rate when a flood slows it down.
+
 With the horizon inside the drain budget, everything admitted can also finish before a drain
 deadline: admission, Retry-After and the drain are one budget. Held requests were never
 admitted, so a drain answers them 503 at once.
@@ -74,9 +79,16 @@ class _Waiter:
 
 
 class Admission:
-    def __init__(self, max_queue_seconds: float, max_hold_seconds: float = 0.0, clock=time.monotonic):
+    def __init__(
+        self,
+        max_queue_seconds: float,
+        max_hold_seconds: float = 0.0,
+        clock=time.monotonic,
+        max_total_seconds: float = 0.0,
+    ):
         self.max_queue_seconds = max_queue_seconds
         self.max_hold_seconds = max_hold_seconds
+        self.max_total_seconds = max(max_total_seconds, max_queue_seconds)
         self.clock = clock
         self.rate: float | None = None  # cost units per second of engine work, once measured
         self.queued_cost = 0  # admitted and not yet answered
@@ -113,7 +125,7 @@ class Admission:
         self._expire(now)
         booking = self._unbook(key)
         place = booking.place if booking else (now, next(self._sequence))
-        if not self._line and self._fits(cost):
+        if (not self._line and self._fits(cost)) or self._fits_newcomer(cost, tenant):
             self._admit(cost, tenant)
             return
         # A request is refused once, and a tenant once a minute: its other requests wait in line as long as
@@ -203,6 +215,14 @@ class Admission:
             self.rate is None or not self.queued_cost or (self.queued_cost + cost) / self.rate <= self.max_queue_seconds
         )
 
+    def _fits_newcomer(self, cost: int, tenant: object) -> bool:
+        """A tenant with nothing admitted, within the drain budget."""
+        return (
+            tenant not in self._admitted
+            and self.rate is not None
+            and (self.queued_cost + cost) / self.rate <= self.max_total_seconds
+        )
+
     def _wait(self, cost: int, tenant: object, place: tuple[float, int]) -> float:
         """Seconds until a request of `tenant` with this place in line would fit: its tenant's earlier
         arrivals go first, and every other tenant takes as many turns meanwhile."""
@@ -250,7 +270,7 @@ class Admission:
             head = waiters[0]
             if head.future.done():  # gone (timed out or cancelled): its slot is not taken
                 waiters.popleft()
-            elif self._fits(head.cost):
+            elif self._fits(head.cost) or self._fits_newcomer(head.cost, tenant):
                 waiters.popleft()
                 self._admit(head.cost, tenant)
                 head.future.set_result(None)

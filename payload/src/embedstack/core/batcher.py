@@ -73,6 +73,7 @@ class Batcher:
         metrics: Metrics,
         max_hold_seconds: float = 0.0,
         max_batch_seconds: float = 0.0,
+        drain_seconds: float = 0.0,
         cache: EmbeddingCache | None = None,
     ):
         self.engine = engine
@@ -80,7 +81,7 @@ class Batcher:
         self.max_batch_seconds = max_batch_seconds
         self.max_wait = max_wait_ms / 1000
         self.max_queue_inputs = max_queue_inputs
-        self.admission = Admission(max_queue_seconds, max_hold_seconds)
+        self.admission = Admission(max_queue_seconds, max_hold_seconds, max_total_seconds=drain_seconds)
         self.cache = cache  # shared by every model: the engine's fingerprint is part of each key
         self.metrics = metrics
         self.queued_inputs = 0  # admitted and not yet answered

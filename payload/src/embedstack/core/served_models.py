@@ -46,6 +46,7 @@ class ServedModels:
                 max_queue_inputs=settings.max_queue_inputs,
                 max_queue_seconds=settings.queue_horizon,
                 max_hold_seconds=settings.max_hold_seconds,
+                drain_seconds=settings.drain_seconds,
                 cache=self.cache,
                 metrics=metrics,
             )
