@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,6 +63,22 @@ def test_what_start_up_made_is_kept_out_of_the_collectors_full_passes(engines):
             assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_key_past_its_upload_rate_is_read_more_slowly_and_another_key_is_not(engines):
+    """16 KB a second and a burst of one largest body (64 KiB): a key's second 64 KB body waits about 4 s
+    for its bytes, answered 200; another key's body right after is read at once."""
+    other = "fast-test-key-other-0123456789"
+    body = {"model": MODEL, "input": ["x" * 60_000]}
+    with start(engines, EMBEDSTACK_API_KEYS=f"{KEY},{other}", EMBEDSTACK_MAX_UPLOAD_BYTES_PER_SECOND="16000") as c:
+        timings = []
+        for key in (KEY, KEY, other):
+            started = time.monotonic()
+            response = c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
+            timings.append(time.monotonic() - started)
+            assert response.status_code == 200, response.text
+    assert timings[1] >= 3.0  # 60 KB beyond an empty bucket, at 16 KB/s
+    assert timings[2] < timings[1] / 2
 
 
 def test_vectors_come_back_in_input_order_with_usage(client):
