@@ -1,9 +1,9 @@
-"""The per-tenant upload rate (api/upload_rate.py) on a clock the test sets."""
+"""The per-tenant upload rate (core/upload_rate.py) on a clock the test sets."""
 
 from __future__ import annotations
 
 import pytest
-from embedstack.api.upload_rate import UploadRate
+from embedstack.core.upload_rate import UploadRate
 
 pytestmark = pytest.mark.fast
 

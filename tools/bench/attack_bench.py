@@ -275,10 +275,9 @@ def split_cpus(shared: bool) -> tuple[set[int] | None, set[int] | None]:
     return set(cpus[:half]), set(cpus[half:])
 
 
-def attack_process(name: str, port: int, seconds: float, cpus: set[int] | None) -> int:
-    """One attack for `seconds`, in a process of its own (its event loop must not take the observers' GIL)."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+def attack_process(name: str, port: int, seconds: float) -> int:
+    """One attack for `seconds`, in a process of its own (its event loop must not take the observers' GIL);
+    it inherits the bench's CPUs."""
 
     async def drive() -> int:
         a = Attack(port)
@@ -292,9 +291,7 @@ def attack_process(name: str, port: int, seconds: float, cpus: set[int] | None) 
     return asyncio.run(drive())
 
 
-def run_phase(
-    name: str, observer: Observer, gateway: BenchGateway, attackers, seconds: float, cpus: set[int] | None = None
-) -> dict:
+def run_phase(name: str, observer: Observer, gateway: BenchGateway, attackers, seconds: float) -> dict:
     errors_before = server_errors(gateway.url)
     observer.reset()
     observer.running.set()
@@ -302,7 +299,7 @@ def run_phase(
     if attackers is None:
         time.sleep(seconds)
     else:
-        sent = attackers.apply(attack_process, (name, gateway.port, seconds, cpus))
+        sent = attackers.apply(attack_process, (name, gateway.port, seconds))
     observer.running.clear()
     time.sleep(0.3)
     ok = sum(s == 200 for s in observer.statuses)
@@ -427,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows = [run_phase("quiet", observer, gateway, None, args.phase)]
             for name in attacks:
-                rows.append(run_phase(name, observer, gateway, attackers, args.phase, bench_cpus))
+                rows.append(run_phase(name, observer, gateway, attackers, args.phase))
                 print(f"  {name}: done", flush=True)
         finally:
             observer.close()

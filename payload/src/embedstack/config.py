@@ -92,7 +92,7 @@ class Settings:
     max_header_count: int = 100
     header_timeout: float = 15.0
     body_timeout: float = 60.0
-    # Body bytes read a second per tenant (api/upload_rate.py); 0 = as fast as they come.
+    # Body bytes read a second per tenant (core/upload_rate.py); 0 = as fast as they come.
     max_upload_bytes_per_second: int = 16 * 1024 * 1024
     max_connections: int = 1024
     max_connections_per_client: int = 256

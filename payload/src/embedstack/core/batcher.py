@@ -283,25 +283,24 @@ class Batcher:
             first.setdefault(entry.tenant, i)
         if len(first) == 1:
             return 0
-        now = time.monotonic()
-        served = self._recent_service(now)
-        newcomer = min(served.values(), default=0.0)
+        served, newcomer = self._service_levels(time.monotonic())
         # of equals, a newcomer first: it starts level with the least served, so it would lose every tie
         tenant = min(first, key=lambda t: (served.get(t, newcomer), t in served, first[t]))
         if len(self._served) > 4 * len(first) + 64:  # tenants with nothing queued are forgotten
             self._served = {t: v for t, v in self._served.items() if t in first}
         return first[tenant]
 
-    def _recent_service(self, now: float) -> dict[object, float]:
-        """Each known tenant's engine work, fading over _SERVICE_MEMORY_SECONDS."""
-        return {t: cost * math.exp(-(now - at) / _SERVICE_MEMORY_SECONDS) for t, (cost, at) in self._served.items()}
+    def _service_levels(self, now: float) -> tuple[dict[object, float], float]:
+        """Each known tenant's engine work, fading over _SERVICE_MEMORY_SECONDS, and where a tenant new to
+        the engine starts: level with the one served least, not at nothing, or it would go before everyone
+        until it had caught up with their past."""
+        served = {t: cost * math.exp(-(now - at) / _SERVICE_MEMORY_SECONDS) for t, (cost, at) in self._served.items()}
+        return served, min(served.values(), default=0.0)
 
     def _note_service(self, batch: list[_Entry]) -> None:
-        """Count a batch's work to its tenants. A tenant new to the engine starts level with the one served
-        least, not at nothing: otherwise it would go before everyone until it had caught up with their past."""
+        """Count a batch's work to its tenants."""
         now = time.monotonic()
-        served = self._recent_service(now)
-        newcomer = min(served.values(), default=0.0)
+        served, newcomer = self._service_levels(now)
         for entry in batch:
             served[entry.tenant] = served.get(entry.tenant, newcomer) + entry.item.cost
             self._served[entry.tenant] = (served[entry.tenant], now)

@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from embedstack.api.upload_rate import UploadRate
 from embedstack.config import ModelSpec, Settings
 from embedstack.core.batcher import Batcher
 from embedstack.core.embedding_cache import EmbeddingCache
 from embedstack.core.metrics import Metrics
+from embedstack.core.upload_rate import UploadRate
 from embedstack.engines import Engine, build_engine
 from embedstack.errors import ModelNotFound, excerpt
 
