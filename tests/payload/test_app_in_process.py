@@ -329,7 +329,7 @@ def test_a_cache_size_of_zero_switches_it_off(engines):
     assert len(engines.made[MODEL].batches) == 2
 
 
-async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None) -> int:
+async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None, key: str = KEY) -> int:
     """One POST /v1/embeddings straight through ASGI; the client hangs up when `hang_up` is set."""
     answered = asyncio.Event()
     status = 0
@@ -348,7 +348,7 @@ async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None) -> in
         elif not message.get("more_body"):
             answered.set()
 
-    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
     scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": headers, "query_string": b""}
     await app(
         {**scope, "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1)}, receive, send
@@ -434,3 +434,68 @@ def test_requests_beyond_the_concurrency_limit_are_429_at_once_and_probes_still_
             return third, ready, finished, await asgi_post(app, {"model": MODEL, "input": ["after"]})
 
     assert asyncio.run(main()) == (429, 200, [200, 200], 200)
+
+
+def test_a_key_that_keeps_sending_after_a_429_is_paced_and_another_key_is_not(engines):
+    """A client that ignores Retry-After costs the gateway a body read and parse for each refusal; paced at
+    10 a second, 30 more requests of the refused key take about 2 s (a burst of 10, then one each 0.1 s),
+    all still answered 429, while another key's refusals come at once."""
+    other = "fast-test-key-other-0123456789"
+
+    async def timed(key: str, count: int) -> tuple[list[int], float]:
+        started = time.monotonic()
+        statuses = [await asgi_post(app, {"model": MODEL, "input": ["x"]}, key=key) for _ in range(count)]
+        return statuses, time.monotonic() - started
+
+    async def main():
+        nonlocal app
+        env = {"EMBEDSTACK_MAX_CONCURRENT_REQUESTS": "4", "EMBEDSTACK_REFUSED_REQUESTS_PER_SECOND": "10"}
+        async with running_app(engines, EMBEDSTACK_API_KEYS=f"{KEY},{other}", **env) as app:
+            engines.made[MODEL].hold = asyncio.Event()
+            running = [asyncio.create_task(asgi_post(app, {"model": MODEL, "input": [f"r{i}"]})) for i in range(3)]
+            running.append(asyncio.create_task(asgi_post(app, {"model": MODEL, "input": ["o"]}, key=other)))
+            await asyncio.sleep(0.05)  # all four slots are taken: whatever comes next is a 429
+            first = await asgi_post(app, {"model": MODEL, "input": ["x"]})
+            paced = await timed(KEY, 30)
+            not_paced = await timed(other, 10)
+            engines.made[MODEL].hold.set()
+            return first, paced, not_paced, [await r for r in running]
+
+    app = None
+    first, (paced, paced_seconds), (not_paced, other_seconds), running = asyncio.run(main())
+    assert first == 429 and paced == [429] * 30 and not_paced == [429] * 10
+    assert paced_seconds >= 1.5
+    assert other_seconds < 0.5
+    assert running == [200] * 4
+
+
+def test_bodies_that_arrive_together_are_parsed_one_per_event_loop_turn(engines, monkeypatch):
+    """Forty bodies complete in the same instant: parsed all in one turn of the loop, they would keep /ready
+    and every other connection waiting for all forty (attack_bench.py: /ready took 256 ms when a flood's
+    first hundred bodies arrived); one per turn, the loop answers the others in between."""
+    from embedstack.api import routes
+
+    turns, parsed_in = [0], []
+    real_parse = routes.parse_embeddings_request
+
+    def counting_parse(body, **kwargs):
+        parsed_in.append(turns[0])
+        return real_parse(body, **kwargs)
+
+    monkeypatch.setattr(routes, "parse_embeddings_request", counting_parse)
+
+    async def main():
+        async with running_app(engines, EMBEDSTACK_MAX_CONCURRENT_REQUESTS="64") as app:
+            loop = asyncio.get_running_loop()
+
+            def tick() -> None:  # counts the loop's turns
+                turns[0] += 1
+                loop.call_soon(tick)
+
+            tick()
+            bodies = [{"model": MODEL, "input": [f"request {n} chunk {i}" for i in range(60)]} for n in range(40)]
+            return await asyncio.gather(*(asgi_post(app, body) for body in bodies))
+
+    assert asyncio.run(main()) == [200] * 40
+    assert len(parsed_in) == 40
+    assert len(set(parsed_in)) == 40  # no two in the same turn

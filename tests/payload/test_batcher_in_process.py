@@ -302,6 +302,35 @@ def test_one_tenants_backlog_does_not_stand_before_another_tenants_request():
     assert asyncio.run(main()) <= 2  # behind at most the batch running and one of the other tenant's
 
 
+def test_a_paced_tenants_work_counts_more_so_a_tenant_that_waits_for_its_answers_gets_most_of_the_engine():
+    """Both keys have a backlog; key a keeps sending past its pace (core/refusal_pacing.py), so each of its
+    batches counts four times: key b gets about four batches in five, not one in two."""
+
+    async def main():
+        eng = engine()
+        eng.hold = asyncio.Event()
+        batcher = batcher_for(eng, budget=250)  # two inputs of 100 tokens a batch
+        batcher.service_factor = lambda tenant: 4.0 if tenant == "a" else 1.0
+        try:
+            work = [
+                asyncio.create_task(
+                    batcher.embed([f"{t} {i} " + "w " * 98], truncate=True, input_type="document", tenant=t)
+                )
+                for i in range(30)
+                for t in ("a", "b")
+            ]
+            await settle()
+            eng.hold.set()
+            await asyncio.gather(*work)
+            b_first = token_ids("b")[0]
+            return [any(item.payload[0] == b_first for item in batch) for batch in eng.batches[:20]]
+        finally:
+            await batcher.close()
+
+    served_b = asyncio.run(main())
+    assert sum(served_b) >= 14  # of the first 20 batches; equal shares would give b about 10
+
+
 def test_room_comes_back_batch_by_batch_so_another_tenant_waits_one_batch_not_a_whole_request():
     """Key a's two 4-input requests fill and queue beyond the horizon; key b's one input is admitted as
     soon as one batch is done, not when a's request's last input is."""

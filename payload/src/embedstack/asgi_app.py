@@ -102,6 +102,37 @@ class FairSlots:
         return None
 
 
+class PaceRefusedTenants:
+    """A tenant answered 429 lately waits its turn here before its request goes on
+    (core/refusal_pacing.py); a drain that starts meanwhile ends the wait (the request is then
+    answered 503). Outside FairSlots, so a paced request holds no slot and its 429s are paced too."""
+
+    def __init__(self, app: ASGIApp, served: ServedModels, keys: frozenset[str]):
+        self.app = app
+        self.served = served
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in _LIMITED_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        tenant = tenant_of(scope, self.keys)
+        if tenant is None:
+            await self.app(scope, receive, send)
+            return
+        pacing = self.served.refusal_pacing
+        if wait := pacing.delay(tenant):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.served.drain_started.wait(), wait)
+
+        async def noting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 429:
+                pacing.refused(tenant)
+            await send(message)
+
+        await self.app(scope, receive, noting_send)
+
+
 class CloseWhenDraining:
     """While draining, answer with Connection: close so clients reconnect elsewhere
     instead of reusing a keep-alive connection that is about to be shut."""
@@ -149,4 +180,5 @@ def create_app(settings: Settings, engine_factory: Callable[[ModelSpec, Settings
     app.state.served_models = served
     app.add_middleware(CloseWhenDraining, served=served)
     app.add_middleware(FairSlots, limit=settings.max_concurrent_requests, keys=settings.api_keys)
+    app.add_middleware(PaceRefusedTenants, served=served, keys=settings.api_keys)
     return app

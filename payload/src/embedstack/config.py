@@ -92,8 +92,11 @@ class Settings:
     max_header_count: int = 100
     header_timeout: float = 15.0
     body_timeout: float = 60.0
-    # Body bytes read a second per tenant (core/upload_rate.py); 0 = as fast as they come.
+    # Body bytes read a second per tenant (core/tenant_rate.py); 0 = as fast as they come.
     max_upload_bytes_per_second: int = 16 * 1024 * 1024
+    # Embedding requests a second that a tenant answered 429 in the last minute may start (core/refusal_pacing.py);
+    # the rest wait their turn. 0 = no pacing.
+    refused_requests_per_second: float = 20.0
     max_connections: int = 1024
     max_connections_per_client: int = 256
     truncate: bool = True
@@ -151,6 +154,7 @@ _ENV_FIELDS = {
     "header_timeout": float,
     "body_timeout": float,
     "max_upload_bytes_per_second": int,
+    "refused_requests_per_second": float,
     "max_connections": int,
     "max_connections_per_client": int,
     "truncate": bool,
@@ -291,6 +295,11 @@ def _check_limits(s: Settings) -> None:
         raise ConfigError(
             f"EMBEDSTACK_MAX_UPLOAD_BYTES_PER_SECOND must not be negative (0 = no limit), "
             f"got {s.max_upload_bytes_per_second}"
+        )
+    if s.refused_requests_per_second < 0:
+        raise ConfigError(
+            f"EMBEDSTACK_REFUSED_REQUESTS_PER_SECOND must not be negative (0 = no pacing), "
+            f"got {s.refused_requests_per_second}"
         )
     if s.cache_bytes < 0 or s.cache_disk_bytes < 0:
         raise ConfigError("EMBEDSTACK_CACHE_BYTES and EMBEDSTACK_CACHE_DISK_BYTES must not be negative")

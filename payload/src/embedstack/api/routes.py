@@ -159,7 +159,11 @@ async def embeddings(request: Request) -> Response:
             async with served.large_parse:
                 req = await asyncio.to_thread(parse, body)
         else:
-            req = parse(body)
+            async with served.parse_turn:
+                # Bodies that arrive together (a hundred connections' worth) are parsed one per turn of the
+                # loop, and /ready and other clients' requests are answered between two of them, not after all.
+                await asyncio.sleep(0)
+                req = parse(body)
         if req.replaced_surrogates:
             served.metrics.lone_surrogates.inc(req.replaced_surrogates)
         batcher = served.resolve(req.model)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,8 +76,10 @@ class Batcher:
         max_batch_seconds: float = 0.0,
         drain_seconds: float = 0.0,
         cache: EmbeddingCache | None = None,
+        service_factor: Callable[[object], float] = lambda tenant: 1.0,
     ):
         self.engine = engine
+        self.service_factor = service_factor  # how many times a tenant's work counts (core/refusal_pacing.py)
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_seconds = max_batch_seconds
         self.max_wait = max_wait_ms / 1000
@@ -302,7 +305,8 @@ class Batcher:
         now = time.monotonic()
         served, newcomer = self._service_levels(now)
         for entry in batch:
-            served[entry.tenant] = served.get(entry.tenant, newcomer) + entry.item.cost
+            cost = entry.item.cost * self.service_factor(entry.tenant)
+            served[entry.tenant] = served.get(entry.tenant, newcomer) + cost
             self._served[entry.tenant] = (served[entry.tenant], now)
 
     def _take_batch(self) -> list[_Entry]:

@@ -12,7 +12,8 @@ from embedstack.config import ModelSpec, Settings
 from embedstack.core.batcher import Batcher
 from embedstack.core.embedding_cache import EmbeddingCache
 from embedstack.core.metrics import Metrics
-from embedstack.core.upload_rate import UploadRate
+from embedstack.core.refusal_pacing import RefusalPacing
+from embedstack.core.tenant_rate import TenantRate
 from embedstack.engines import Engine, build_engine
 from embedstack.errors import ModelNotFound, excerpt
 
@@ -36,6 +37,7 @@ class ServedModels:
         # The most tokens any served model takes: longer token-id lists are cut while parsing.
         self.longest_max_tokens = max(spec.max_tokens for spec in settings.models)
         self._by_name: dict[str, Batcher] = {}
+        self.refusal_pacing = RefusalPacing(settings.refused_requests_per_second)
         for spec in settings.models:
             engine = engine_factory(spec, settings)
             batcher = Batcher(
@@ -49,6 +51,7 @@ class ServedModels:
                 drain_seconds=settings.drain_seconds,
                 cache=self.cache,
                 metrics=metrics,
+                service_factor=self.refusal_pacing.service_factor,
             )
             self.batchers[spec.id] = batcher
             for name in spec.names:
@@ -59,8 +62,9 @@ class ServedModels:
         self.failure: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self.inflight = 0  # embeddings requests between arrival and response
-        self.large_parse = asyncio.Lock()  # one large body is parsed at a time
-        self.upload_rate = UploadRate(settings.max_upload_bytes_per_second, burst=settings.max_body_bytes)
+        self.large_parse = asyncio.Lock()  # one large body is parsed at a time, on a worker thread
+        self.parse_turn = asyncio.Lock()  # and one small body at a time, each in an event-loop turn of its own
+        self.upload_rate = TenantRate(settings.max_upload_bytes_per_second, burst=settings.max_body_bytes)
         self._quiet = asyncio.Event()
         self._quiet.set()
 
