@@ -89,6 +89,8 @@ HOSTILE = {
     "empty objects": b'{"model": "m", "input": "x", "pad": [' + b"{}," * (8 * MIB // 3) + b"{}]}",
     "tiny strings": b'{"model": "m", "input": "x", "pad": [' + b'"",' * (8 * MIB // 3) + b'""]}',
     "unterminated string of escapes": b'{"model": "m", "input": "' + b'\\"' * (4 * MIB),
+    # every escaped quote opened a new string that scanned to the lone backslash at the end, and failed
+    "escaped quotes ending in a lone backslash": b'{"model": "m", "input": "x", "pad": "' + b'\\"' * (MIB // 2) + b"\\",
     "millions of numbers": b'{"model": "m", "input": "x", "pad": [' + b"1.5," * (2 * MIB) + b"1]}",
 }
 

@@ -126,6 +126,11 @@ async def quadratic_body(a: Attack) -> None:
     await a.repeat(2, lambda: a.post(body))
 
 
+async def lone_backslash_body(a: Attack) -> None:
+    body = b'{"model": "' + MODEL.encode() + b'", "input": "x", "pad": "' + b'\\"' * (MIB // 2) + b"\\"
+    await a.repeat(2, lambda: a.post(body))  # 1 MiB: hours of the old scan, every quote scanned to the end
+
+
 async def endless_headers(a: Attack) -> None:
     async def once() -> None:
         _, writer = await a.connect()
@@ -184,6 +189,7 @@ async def booking_flood(a: Attack) -> None:
 
 ATTACKS: dict[str, Callable[[Attack], Awaitable[None]]] = {
     "quadratic body ([0[0[0..., 1 MiB)": quadratic_body,
+    'quadratic body ("\\"\\"..., 1 MiB, a lone backslash last)': lone_backslash_body,
     "headers that never end (24 MiB, no key)": endless_headers,
     "half a head, then silence (1,200 conns)": half_heads,
     "one key holds 128 uploads at 1 byte": slot_hogging,
