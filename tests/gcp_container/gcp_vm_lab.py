@@ -14,7 +14,8 @@ What stands in for Google (each says so where it is defined):
   boot and the shutdown-script at shutdown from the metadata server and run them.
 - The VM lifecycle: `lxc-start` is the boot; preemption is GCE's ACPI soft-off, i.e. `lxc-stop`
   sending systemd its poweroff signal (SIGRTMIN+3), and the hard off 30 s later is lxc-stop's
-  SIGKILL after its 30 s timeout. A recreated VM is a fresh container from the base rootfs.
+  SIGKILL after its 30 s timeout. A VM the group recreates would be a fresh container from the base
+  rootfs, as the first boot is.
 - The GPU: the VM runs the GPU tier's chain, gateway -> vLLM on 127.0.0.1:8001, with vLLM's cpu
   build (vllm_build: cpu) serving all-MiniLM-L6-v2 instead of Qwen3 on an L4.
 - The NVIDIA device nodes (issue 23, section 1): the VM boots with none (LXC gives every boot a fresh /dev,
