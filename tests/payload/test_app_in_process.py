@@ -329,7 +329,9 @@ def test_a_cache_size_of_zero_switches_it_off(engines):
     assert len(engines.made[MODEL].batches) == 2
 
 
-async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None, key: str = KEY) -> int:
+async def asgi_post(
+    app, body: dict, hang_up: asyncio.Event | None = None, key: str = KEY, extra_scope: dict | None = None
+) -> int:
     """One POST /v1/embeddings straight through ASGI; the client hangs up when `hang_up` is set."""
     answered = asyncio.Event()
     status = 0
@@ -351,7 +353,16 @@ async def asgi_post(app, body: dict, hang_up: asyncio.Event | None = None, key: 
     headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
     scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": headers, "query_string": b""}
     await app(
-        {**scope, "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1)}, receive, send
+        {
+            **scope,
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("t", 80),
+            "client": ("c", 1),
+            **(extra_scope or {}),
+        },
+        receive,
+        send,
     )
     return status
 
@@ -467,6 +478,38 @@ def test_a_key_that_keeps_sending_after_a_429_is_paced_and_another_key_is_not(en
     assert paced_seconds >= 1.5
     assert other_seconds < 0.5
     assert running == [200] * 4
+
+
+def test_a_paced_request_whose_client_hangs_up_ends_at_once_as_a_499(engines):
+    """A client that resets its uploads does not wait, paced, for its turn: without the connection's
+    disconnect (connection_limits.CLIENT_GONE), each reset left a wait behind, thousands in a few
+    seconds (attack_bench.py: RSS +240 MiB and /ready 400 ms when the collector went through them)."""
+    from embedstack.connection_limits import CLIENT_GONE
+
+    async def main():
+        env = {"EMBEDSTACK_MAX_CONCURRENT_REQUESTS": "4", "EMBEDSTACK_REFUSED_REQUESTS_PER_SECOND": "1"}
+        async with running_app(engines, **env) as app:
+            engines.made[MODEL].hold = asyncio.Event()
+            running = [asyncio.create_task(asgi_post(app, {"model": MODEL, "input": [f"r{i}"]})) for i in range(3)]
+            await asyncio.sleep(0.05)
+            refused = [await asgi_post(app, {"model": MODEL, "input": ["x"]}) for _ in range(3)]  # the 3rd waits 1 s
+            gone = asyncio.Event()
+            leaving = asyncio.create_task(
+                asgi_post(app, {"model": MODEL, "input": ["y"]}, extra_scope={CLIENT_GONE: gone})
+            )
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            gone.set()
+            left = await asyncio.wait_for(leaving, 5)
+            seconds = time.monotonic() - started
+            engines.made[MODEL].hold.set()
+            return refused, left, seconds, [await r for r in running]
+
+    refused, left, seconds, running = asyncio.run(main())
+    assert refused == [429, 429, 429]
+    assert left == 499
+    assert seconds < 0.5  # its turn was 2 s away
+    assert running == [200] * 3
 
 
 def test_bodies_that_arrive_together_are_parsed_one_per_event_loop_turn(engines, monkeypatch):

@@ -31,6 +31,15 @@ def test_after_a_refusal_a_burst_goes_at_once_then_one_request_per_tick_and_othe
     assert pacing.delay("key-b") == 0.0
 
 
+def test_a_request_that_left_while_it_waited_gives_its_turn_to_the_next():
+    pacing = RefusalPacing(10, clock=Clock())
+    pacing.refused("key-a")
+    waits = [pacing.delay("key-a") for _ in range(13)]
+    assert waits[-1] == pytest.approx(0.3)
+    pacing.left("key-a")  # a client that resets its upload leaves no debt behind for the key's next request
+    assert pacing.delay("key-a") == pytest.approx(0.3)
+
+
 def test_a_paced_tenants_work_counts_more_for_the_engine_until_a_minute_after_its_last_paced_request():
     clock = Clock()
     pacing = RefusalPacing(10, clock=clock)

@@ -8,12 +8,14 @@ import contextlib
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedstack.api.error_responses import HANDLERS, error_response
-from embedstack.api.routes import ROUTES
+from embedstack.api.routes import CLIENT_CLOSED_REQUEST, ROUTES
 from embedstack.api.tenants import tenant_of
 from embedstack.config import ModelSpec, Settings
+from embedstack.connection_limits import CLIENT_GONE
 from embedstack.core.metrics import Metrics
 from embedstack.core.served_models import ServedModels
 from embedstack.engines import Engine, build_engine
@@ -105,7 +107,9 @@ class FairSlots:
 class PaceRefusedTenants:
     """A tenant answered 429 lately waits its turn here before its request goes on
     (core/refusal_pacing.py); a drain that starts meanwhile ends the wait (the request is then
-    answered 503). Outside FairSlots, so a paced request holds no slot and its 429s are paced too."""
+    answered 503), and so does the client hanging up (a 499: nothing is left to answer, and a client
+    that resets its uploads does not leave thousands of waits behind). Outside FairSlots, so a paced
+    request holds no slot and its 429s are paced too."""
 
     def __init__(self, app: ASGIApp, served: ServedModels, keys: frozenset[str]):
         self.app = app
@@ -121,9 +125,10 @@ class PaceRefusedTenants:
             await self.app(scope, receive, send)
             return
         pacing = self.served.refusal_pacing
-        if wait := pacing.delay(tenant):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.served.drain_started.wait(), wait)
+        if (wait := pacing.delay(tenant)) and not await self._client_stays(scope, wait):
+            pacing.left(tenant)
+            await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
+            return
 
         async def noting_send(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 429:
@@ -131,6 +136,19 @@ class PaceRefusedTenants:
             await send(message)
 
         await self.app(scope, receive, noting_send)
+
+    async def _client_stays(self, scope: Scope, seconds: float) -> bool:
+        """Wait `seconds`, or until a drain starts; False if the client hung up meanwhile."""
+        gone: asyncio.Event | None = scope.get(CLIENT_GONE)  # set by our uvicorn protocol (connection_limits.py)
+        ends = [asyncio.ensure_future(self.served.drain_started.wait())]
+        if gone is not None:
+            ends.append(asyncio.ensure_future(gone.wait()))
+        try:
+            await asyncio.wait(ends, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for end in ends:
+                end.cancel()
+        return gone is None or not gone.is_set()
 
 
 class CloseWhenDraining:

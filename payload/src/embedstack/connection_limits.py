@@ -20,6 +20,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from embedstack.api.error_responses import error_response
 
+# A scope key: an asyncio.Event set when the request's connection closes, so the app can end a wait that
+# reads nothing from the client (asgi_app.PaceRefusedTenants); ASGI tells a disconnect only through receive().
+CLIENT_GONE = "embedstack.client_gone"
+
 
 @dataclass
 class ConnectionLimits:
@@ -84,6 +88,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        scope = getattr(self, "scope", None)  # the last request's (uvicorn sets it once a request begins)
+        if scope is not None and CLIENT_GONE in scope:
+            scope[CLIENT_GONE].set()
         if self._client_host is not None:
             self._limits.open_by_client[self._client_host] -= 1
             if not self._limits.open_by_client[self._client_host]:
@@ -109,6 +116,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[CLIENT_GONE] = asyncio.Event()
         self._head_started = True
         if self._head_timer is None:  # a request after the first on this connection
             self._limits.heads_awaited[self] = None

@@ -81,6 +81,10 @@ class RefusalPacing:
             self._paced.note(tenant)
         return wait
 
+    def left(self, tenant: object) -> None:
+        """A request of `tenant` left while it waited: its turn goes to the next one."""
+        self._rate.give_back(tenant, 1)
+
     def service_factor(self, tenant: object) -> float:
         """How many times the tenant's engine work counts when the engine is shared: more while it keeps
         sending past its pace (a client that ignores Retry-After), so its backlog does not take half the

@@ -38,6 +38,12 @@ class TenantRate:
         self._buckets[tenant] = (left, now)
         return 0.0 if left >= 0 else -left / self.rate
 
+    def give_back(self, tenant: object, size: float) -> None:
+        """Return `size` taken for what did not happen after all (a client that left while it waited)."""
+        if tenant in self._buckets:
+            left, as_of = self._buckets[tenant]
+            self._buckets[tenant] = (min(float(self.burst), left + size), as_of)
+
     def _forget_idle(self, now: float) -> None:
         """Drop the buckets that are full again; if none is, the half least recently used (so a flood of
         new tenants costs one scan per _MAX_TRACKED // 2 of them, not one each)."""
