@@ -470,14 +470,16 @@ def test_a_key_that_keeps_sending_after_a_429_is_paced_and_another_key_is_not(en
             paced = await timed(KEY, 30)
             not_paced = await timed(other, 10)
             engines.made[MODEL].hold.set()
-            return first, paced, not_paced, [await r for r in running]
+            metrics = app.state.served_models.metrics.render().decode()
+            return first, paced, not_paced, [await r for r in running], metrics
 
     app = None
-    first, (paced, paced_seconds), (not_paced, other_seconds), running = asyncio.run(main())
+    first, (paced, paced_seconds), (not_paced, other_seconds), running, metrics = asyncio.run(main())
     assert first == 429 and paced == [429] * 30 and not_paced == [429] * 10
     assert paced_seconds >= 1.5
     assert other_seconds < 0.5
     assert running == [200] * 4
+    assert "embedstack_paced_requests_total 20.0" in metrics  # what an operator sees of it
 
 
 def test_a_paced_request_whose_client_hangs_up_ends_at_once_as_a_499(engines):

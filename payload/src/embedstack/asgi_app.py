@@ -48,6 +48,14 @@ class CountRequests:
 _LIMITED_ROUTES = frozenset(r.path for r in ROUTES if "POST" in (r.methods or ()))
 
 
+def _limited_tenant(scope: Scope, keys: frozenset[str]) -> str | None:
+    """Whose embedding request this is; None for every other request, and for one without a valid key
+    (answered 401 before its body is read)."""
+    if scope["type"] != "http" or scope["path"] not in _LIMITED_ROUTES:
+        return None
+    return tenant_of(scope, keys)
+
+
 class FairSlots:
     """At most `limit` embedding requests in flight (bodies being read and requests held in line
     included), counted before their bodies are read; one more is a 429 in OpenAI's shape at once
@@ -69,10 +77,7 @@ class FairSlots:
         self.by_tenant: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in _LIMITED_ROUTES:
-            await self.app(scope, receive, send)
-            return
-        tenant = tenant_of(scope, self.keys)
+        tenant = _limited_tenant(scope, self.keys)
         if tenant is None:
             await self.app(scope, receive, send)
             return
@@ -117,18 +122,17 @@ class PaceRefusedTenants:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in _LIMITED_ROUTES:
-            await self.app(scope, receive, send)
-            return
-        tenant = tenant_of(scope, self.keys)
+        tenant = _limited_tenant(scope, self.keys)
         if tenant is None:
             await self.app(scope, receive, send)
             return
         pacing = self.served.refusal_pacing
-        if (wait := pacing.delay(tenant)) and not await self._client_stays(scope, wait):
-            pacing.left(tenant)
-            await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
-            return
+        if wait := pacing.delay(tenant):
+            self.served.metrics.paced.inc()
+            if not await self._client_stays(scope, wait):
+                pacing.left(tenant)
+                await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
+                return
 
         async def noting_send(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 429:

@@ -55,6 +55,11 @@ class Metrics:
             "Lone UTF-16 surrogates in inputs (a split emoji), embedded as U+FFFD",
             registry=self.registry,
         )
+        self.paced = Counter(
+            "embedstack_paced_requests",
+            "Embedding requests of a key answered 429 lately that waited their turn (core/refusal_pacing.py)",
+            registry=self.registry,
+        )
         self.ready = Gauge("embedstack_ready", "1 when serving, 0 while starting or draining", registry=self.registry)
         # Embedding cache: a hit is counted by the tier that answered it, a miss only when no tier could.
         self.cache_hits = Counter(
