@@ -113,7 +113,7 @@ test: host-packages vllm-venv
 	# The Proxmox API stand-in boots real containers from the base image molecule built.
 	@$(call stage,proxmox,$(ANSIBLE_ENV) $(BIN)/pytest tests/proxmox)
 	# A GCP spot VM as a real container, running the GPU tier's chain with vLLM's cpu build: bootstrap from the
-	# metadata and storage stand-ins, preemption under load, recreation. -s prints the measured times.
+	# metadata and storage stand-ins, preemption under load, a reboot. -s prints the measured times.
 	@$(call stage,gcp_container,$(ANSIBLE_ENV) $(BIN)/pytest -s tests/gcp_container)
 
 # The main job: containers from inventories/lab, the site.yml configure plays, then health.
