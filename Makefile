@@ -27,7 +27,7 @@ endif
 # Debian packages the tests need on the machine itself (the lab_containers role adds LXC's).
 HOST_PACKAGES := nftables iproute2 openssh-client python3-yaml systemd gpg
 
-.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock lock serve test test-fast lint ansible-lint molecule host-packages bench wheelhouse lab lab-destroy deploy clean bench-quality
+.PHONY: setup vllm-venv vllm-wheelhouse vllm-lock lock serve test test-fast lint ansible-lint molecule test-proxmox test-gcp-container host-packages bench wheelhouse lab lab-destroy deploy clean bench-quality
 
 setup: $(STAMP)
 
@@ -110,10 +110,17 @@ test: host-packages vllm-venv
 	# Role templates and plays run locally, host scripts against the GCP stand-ins, nftables with real packets.
 	@$(call stage,ansible,$(ANSIBLE_ENV) $(BIN)/pytest -m ansible)
 	@$(call stage,molecule,$(MAKE) molecule)
-	# The Proxmox API stand-in boots real containers from the base image molecule built.
+	# The last two at once: each has its own bridge, nft table and container names, and both spend much of their
+	# time waiting on containers that boot and install (each stage's output comes whole when it ends).
+	@$(call stage,proxmox and gcp_container at once,$(MAKE) -j2 --output-sync=target test-proxmox test-gcp-container)
+
+# The Proxmox API stand-in boots real containers from the base image molecule built.
+test-proxmox:
 	@$(call stage,proxmox,$(ANSIBLE_ENV) $(BIN)/pytest tests/proxmox)
-	# A GCP spot VM as a real container, running the GPU tier's chain with vLLM's cpu build: bootstrap from the
-	# metadata and storage stand-ins, preemption under load, a reboot. -s prints the measured times.
+
+# A GCP spot VM as a real container, running the GPU tier's chain with vLLM's cpu build: bootstrap from the
+# metadata and storage stand-ins, preemption under load, a reboot. -s prints the measured times.
+test-gcp-container:
 	@$(call stage,gcp_container,$(ANSIBLE_ENV) $(BIN)/pytest -s tests/gcp_container)
 
 # The main job: containers from inventories/lab, the site.yml configure plays, then health.
