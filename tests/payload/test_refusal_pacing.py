@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 from embedstack.core.refusal_pacing import PACED_SERVICE_FACTOR, RefusalPacing
+from settable_clock import Clock
 
 pytestmark = pytest.mark.fast
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_tenant_never_refused_is_never_paced_however_many_requests_it_sends():

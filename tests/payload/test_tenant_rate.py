@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 from embedstack.core.tenant_rate import TenantRate
+from settable_clock import Clock
 
 pytestmark = pytest.mark.fast
 
 MIB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_tenant_past_its_burst_is_read_at_its_rate_and_another_tenant_is_not_slowed():
